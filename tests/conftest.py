@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skcflow import FeatureExtractor, make_defects
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_data(*parts):
+    """Path under ../shared/data, or skip the test with a message."""
+    path = DATA.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (expected beside the project root)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_defects(n_train=24, n_test=12, image_size=64, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def extractor():
+    return FeatureExtractor(image_size=64, device="cpu").fit()
+
+
+@pytest.fixture(scope="session")
+def train_features(synthetic, extractor):
+    return extractor.transform(synthetic.train.images)
+
+
+@pytest.fixture(scope="session")
+def test_features(synthetic, extractor):
+    return extractor.transform(synthetic.test.images)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    # Scores are compared bit for bit across fits: keep one thread setting.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    np.seterr(all="warn")

@@ -1,0 +1,170 @@
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skcflow import CFlowAD, FeatureExtractor, load_mvtec, make_pipeline
+from skcflow.metrics import image_auroc
+
+from conftest import real_data
+
+FAST = dict(max_iter=30, fiber_batch_size=256, n_coupling_layers=4, condition_dim=32,
+            device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(train_features):
+    return CFlowAD(**FAST).fit(train_features)
+
+
+def test_scores_follow_sklearn_conventions(fitted, test_features):
+    maps = fitted.anomaly_map(test_features)
+    assert maps.shape == (len(test_features), 64, 64) and maps.dtype == np.float32
+    assert np.isfinite(maps).all()
+    scores = fitted.score_samples(test_features)
+    np.testing.assert_allclose(scores, -maps.reshape(len(maps), -1).max(1), rtol=1e-6)
+    np.testing.assert_allclose(fitted.decision_function(test_features), scores - fitted.offset_)
+    labels = fitted.predict(test_features)
+    assert set(labels) <= {-1, 1}
+    np.testing.assert_array_equal(labels == -1, scores < fitted.offset_)
+    masks = fitted.predict_mask(test_features)
+    assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    # The default pixel threshold is the image threshold.
+    np.testing.assert_array_equal(masks.reshape(len(masks), -1).any(1), labels == -1)
+
+
+def test_anomalous_images_score_lower(fitted, synthetic, test_features):
+    scores = fitted.score_samples(test_features)
+    assert image_auroc(synthetic.test.target, -scores) > 0.8
+
+
+def test_contamination_sets_offset_from_training_scores(train_features, fitted):
+    train_scores = fitted.score_samples(train_features)
+    assert fitted.offset_ == pytest.approx(np.quantile(train_scores, fitted.contamination))
+    assert np.mean(fitted.predict(train_features) == -1) <= 0.05
+
+
+def test_image_alone_or_in_batch_gives_same_map(fitted, test_features):
+    batch = test_features[:12]
+    together = fitted.anomaly_map(batch)
+    for i in (0, 5, 11):
+        alone = fitted.anomaly_map(test_features[i])
+        assert np.abs(alone[0] - together[i]).max() <= 1e-5
+
+
+def test_batch_size_does_not_change_maps(fitted, test_features):
+    other = clone(fitted).set_params(batch_size=5)
+    other.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    other._cache_biases = {}
+    assert np.abs(other.anomaly_map(test_features) - fitted.anomaly_map(test_features)).max() <= 1e-5
+
+
+def test_same_random_state_same_model(train_features, test_features, fitted):
+    again = CFlowAD(**FAST).fit(train_features)
+    np.testing.assert_array_equal(again.score_samples(test_features), fitted.score_samples(test_features))
+    other = CFlowAD(**{**FAST, "random_state": 1}).fit(train_features)
+    assert not np.array_equal(other.score_samples(test_features), fitted.score_samples(test_features))
+
+
+def test_fit_uses_only_normal_samples(synthetic, extractor, train_features, test_features):
+    # Folds of model selection hold anomalies: fit(X, y) drops them.
+    mixed = extractor.transform(np.concatenate([synthetic.train.images, synthetic.test.images]))
+    y = np.concatenate([np.zeros(len(synthetic.train.images)), synthetic.test.target])
+    masks = np.concatenate([np.zeros_like(synthetic.train.masks), synthetic.test.masks])
+    normal = np.flatnonzero(y == 0)
+    reference = CFlowAD(**FAST).fit(mixed[normal]).score_samples(test_features)
+    for labels in (y, masks):
+        model = CFlowAD(**FAST).fit(mixed, labels)
+        assert model.n_train_samples_ == len(normal) < len(y)
+        np.testing.assert_array_equal(model.score_samples(test_features), reference)
+
+
+def test_joblib_round_trip_gives_identical_scores(fitted, test_features):
+    buffer = io.BytesIO()
+    joblib.dump(fitted, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    assert loaded.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(loaded.anomaly_map(test_features), fitted.anomaly_map(test_features))
+
+
+def test_methods_before_fit_raise(test_features):
+    model = CFlowAD()
+    for method in ("score_samples", "decision_function", "predict", "anomaly_map", "predict_mask"):
+        with pytest.raises(NotFittedError):
+            getattr(model, method)(test_features)
+
+
+def test_clone_and_params():
+    model = CFlowAD(n_coupling_layers=4, clamp=1.2)
+    params = model.get_params()
+    assert params["n_coupling_layers"] == 4 and params["clamp"] == 1.2
+    copy = clone(model).set_params(n_coupling_layers=6)
+    assert copy.n_coupling_layers == 6 and model.n_coupling_layers == 4
+
+
+@pytest.mark.parametrize("params", [{"n_coupling_layers": 0}, {"clamp": -1.0},
+                                    {"activation": "tanh"}, {"contamination": 0.9},
+                                    {"learning_rate": 0.0}])
+def test_invalid_parameters(params, train_features):
+    with pytest.raises(InvalidParameterError):
+        CFlowAD(**{**FAST, **params}).fit(train_features)
+
+
+def test_condition_dim_must_be_multiple_of_four(train_features):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        CFlowAD(**{**FAST, "condition_dim": 30}).fit(train_features)
+
+
+def test_raw_images_are_refused_with_a_hint(synthetic):
+    with pytest.raises(TypeError, match="make_pipeline"):
+        CFlowAD(**FAST).fit(synthetic.train.images)
+
+
+def test_feature_shape_mismatch(fitted, synthetic):
+    other = FeatureExtractor(image_size=96, device="cpu").fit_transform(synthetic.test.images[:2])
+    with pytest.raises(ValueError, match="fitted on"):
+        fitted.score_samples(other)
+
+
+def test_diverging_training_stops_with_advice(train_features):
+    model = CFlowAD(**{**FAST, "learning_rate": 1e6, "clamp": 50.0})
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        model.fit(train_features)
+
+
+def test_rotation_augmentation_trains(train_features, test_features):
+    model = CFlowAD(**{**FAST, "rotation": 5.0}).fit(train_features)
+    assert np.isfinite(model.score_samples(test_features)).all()
+    assert model.loss_curve_[0][-1] < model.loss_curve_[0][0]
+
+
+def test_n_epochs_sets_the_budget(train_features):
+    model = CFlowAD(**{**FAST, "n_epochs": 1, "max_iter": 10_000}).fit(train_features)
+    n_fibers = [len(train_features) * h * w for _, h, w in train_features.shapes]
+    assert model.n_iter_ == [int(np.ceil(n / 256)) for n in n_fibers]
+
+
+def test_model_size_counts_decoder_parameters(fitted):
+    n_values = sum(p.numel() for p in fitted.flows_.parameters())
+    assert fitted.model_size_bytes_ >= 4 * n_values
+
+
+def test_pipeline_on_real_bottle_subset():
+    root = real_data("mvtec_ad")
+    train = load_mvtec(root, "bottle", split="train", image_size=128)
+    test = load_mvtec(root, "bottle", split="test", image_size=128)
+    pipe = make_pipeline(
+        FeatureExtractor(image_size=128, device="cpu"),
+        CFlowAD(max_iter=40, fiber_batch_size=1024, device="cpu", random_state=0),
+    )
+    pipe.fit(train.images[:40])
+    scores = -pipe.score_samples(test.images)
+    maps = pipe.anomaly_map(test.images)
+    assert maps.shape == (len(test.images), 128, 128)
+    assert image_auroc(test.target, scores) > 0.9
