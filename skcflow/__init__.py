@@ -8,16 +8,23 @@ from ._version import __version__
 from .cflow import CFlowAD
 from .datasets import load_images, load_mvtec, make_defects
 from .features import FeatureExtractor, Features
+from .padim import PaDiM
+from .persistence import load, save
 from .pipeline import AnomalyPipeline, make_pipeline
+from .spade import SPADE
 
 __all__ = [
     "AnomalyPipeline",
     "CFlowAD",
     "FeatureExtractor",
     "Features",
+    "PaDiM",
+    "SPADE",
     "__version__",
+    "load",
     "load_images",
     "load_mvtec",
     "make_defects",
     "make_pipeline",
+    "save",
 ]

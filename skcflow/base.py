@@ -42,16 +42,20 @@ def gaussian_blur(maps, sigma):
 
     Separable convolution with reflected borders, as
     ``scipy.ndimage.gaussian_filter`` (the PaDiM and SPADE reference code)
-    does, but batched on the maps' device.
+    does, but on the maps' device. Maps are convolved one at a time: the
+    convolution picks its algorithm by batch size, which would make a map
+    depend, by a few ulps, on the batch it came in.
     """
     radius = int(4 * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    x = maps[:, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x[:, 0]
+    blurred = []
+    for x in maps[:, None, None]:
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+        blurred.append(x[0])
+    return torch.cat(blurred)
 
 
 def concat_levels(features, channels=None, device=None):
@@ -187,6 +191,10 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     @abstractmethod
     def _fitted_tensors(self):
         """The tensors of the fitted state, for the model size."""
+
+    def _empty_modules(self):
+        """Unfitted ``nn.Module`` attributes, for :func:`skcflow.load` to fill."""
+        return {}
 
     def _batch_scores(self, features):
         """Image anomaly scores ``(B,)`` of a small batch: the maps' maxima.

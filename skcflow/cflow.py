@@ -164,14 +164,7 @@ class CFlowAD(BaseDetector):
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.flows_ = nn.ModuleList(
-                ConditionalFlow(
-                    dim, self.condition_dim, self.n_coupling_layers,
-                    self.hidden_dim or 2 * (dim // 2 + self.condition_dim),
-                    self.clamp, self.activation, generator,
-                )
-                for dim, _, _ in features.shapes
-            ).to(self.device_)
+            self.flows_ = self._make_flows(generator).to(self.device_)
         self._cache_biases = {}
         self.n_iter_, self.loss_curve_, self.log_prob_max_ = [], [], []
         for level, (flow, fmap) in enumerate(zip(self.flows_, features.maps)):
@@ -184,6 +177,19 @@ class CFlowAD(BaseDetector):
             with torch.inference_mode():
                 log_prob = torch.cat([self._log_prob(level, chunk) for chunk in fibers.split(self.batch_size)])
             self.log_prob_max_.append(float(log_prob.max()))
+
+    def _make_flows(self, generator=None):
+        return nn.ModuleList(
+            ConditionalFlow(
+                dim, self.condition_dim, self.n_coupling_layers,
+                self.hidden_dim or 2 * (dim // 2 + self.condition_dim),
+                self.clamp, self.activation, generator,
+            )
+            for dim, _, _ in self.feature_shapes_
+        )
+
+    def _empty_modules(self):
+        return {"flows_": self._make_flows()}
 
     def _n_steps(self, n_fibers):
         if self.n_epochs is None:
@@ -244,14 +250,15 @@ class CFlowAD(BaseDetector):
     def _biases(self, level, n_positions, height, width):
         # The condition depends only on the position: it is projected once
         # per level and tiled for as many images as a chunk holds.
-        if level not in self._cache_biases:
+        cache = self.__dict__.setdefault("_cache_biases", {})
+        if level not in cache:
             encoding = positional_encoding(self.condition_dim, height, width).to(self.device_)
             tiles = self._images_per_chunk(n_positions)
             with torch.inference_mode():
-                self._cache_biases[level] = [
+                cache[level] = [
                     b.repeat(tiles, 1) for b in self.flows_[level].condition(encoding)
                 ]
-        return self._cache_biases[level]
+        return cache[level]
 
     def _log_prob(self, level, fmap):
         """Log-likelihood per dimension of ``N x H x W x D`` fibers, ``N x HW``."""
@@ -276,10 +283,6 @@ class CFlowAD(BaseDetector):
 
     def _fitted_tensors(self):
         return list(self.flows_.state_dict().values())
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._cache_biases = {}
 
 
 def _warmup_cosine(n_steps):

@@ -344,19 +344,15 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}.")
     _check_image_size(image_size)
-    if isinstance(paths_or_folder, (str, bytes)) or hasattr(
-        paths_or_folder, "__fspath__"
-    ):
-        source = Path(paths_or_folder)
-        if source.is_dir():
-            paths = _visible_entries(source)
-        elif source.exists():
-            paths = [source]
-        else:
-            raise FileNotFoundError(f"No such file or folder: {source}")
-    else:
-        source = "the given list of paths"
-        paths = [Path(p) for p in paths_or_folder]
+    single = isinstance(paths_or_folder, (str, bytes)) or hasattr(paths_or_folder, "__fspath__")
+    entries = [Path(paths_or_folder)] if single else [Path(p) for p in paths_or_folder]
+    source = entries[0] if single else "the given list of paths"
+    if single and not entries[0].exists():
+        raise FileNotFoundError(f"No such file or folder: {source}")
+    # Folders in a list are expanded like a folder given alone.
+    paths = []
+    for entry in entries:
+        paths.extend(_visible_entries(entry) if entry.is_dir() else [entry])
 
     images, filenames, skipped = [], [], []
     for path in paths:

@@ -312,6 +312,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             self.feature_dims_ = [f.shape[1] for f in self.encoder_(probe)]
         return self
 
+    def _empty_modules(self):
+        return {"encoder_": build_encoder(self.backbone, self.layers_, None)}
+
     def _check_layers(self):
         spec = _BACKBONES[self.backbone]
         if self.layers is None:

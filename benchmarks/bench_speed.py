@@ -1,0 +1,123 @@
+"""Inference speed of the encoder alone and of each detector end to end.
+
+All configurations run in one process, interleaved round by round, so that
+the machine's noise hits them alike; the table reports the median images/s
+over rounds and each detector's throughput as a ratio of the encoder's.
+Detectors are fitted on bottle's training features when ../shared/data is
+present (else on synthetic images); their speed does not depend on how long
+they trained, so CFlowAD is trained briefly here (its full fit time is in
+accuracy.md). The paper's backbones run with random weights, for speed only.
+
+Usage: python benchmarks/bench_speed.py [--threads 2] [--rounds 5]
+           [--backbones efficientnet_lite0,resnet18] [--image-size 256]
+"""
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import machine_description
+
+from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load_mvtec, make_defects
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "mvtec_ad"
+
+
+def training_images(image_size):
+    if DATA.is_dir():
+        return load_mvtec(DATA, "bottle", split="train", image_size=image_size).images, "bottle"
+    return make_defects(n_train=60, n_test=0, image_size=image_size, random_state=0).train.images, \
+        "synthetic"
+
+
+def detectors(train_features):
+    return {
+        "CFlowAD": CFlowAD(max_iter=20, device="cpu", random_state=0).fit(train_features),
+        "PaDiM": PaDiM(device="cpu", random_state=0).fit(train_features),
+        "SPADE": SPADE(device="cpu").fit(train_features),
+    }
+
+
+def throughput(extractor, detector, images, batch_size):
+    """Images/s of encoding (and scoring, if ``detector``) ``images`` in batches."""
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        features = extractor.transform(images[first : first + batch_size])
+        if detector is not None:
+            detector.anomaly_map(features)
+    return len(images) / (time.perf_counter() - start)
+
+
+def run_backbone(backbone, args, train, test):
+    weights = "imagenet" if backbone == "efficientnet_lite0" else None
+    extractor = FeatureExtractor(backbone=backbone, weights=weights, image_size=args.image_size,
+                                 device="cpu", batch_size=32).fit()
+    fitted = detectors(extractor.transform(train))
+    configs = [("encoder only", None)] + list(fitted.items())
+    results = {(name, b): [] for name, _ in configs for b in args.batch_sizes}
+    for _ in range(args.rounds):
+        for batch_size in args.batch_sizes:
+            images = test[: max(batch_size, args.images)]
+            for name, detector in configs:
+                for model in fitted.values():
+                    model.set_params(batch_size=batch_size)
+                results[name, batch_size].append(throughput(extractor, detector, images, batch_size))
+    rows = []
+    for batch_size in args.batch_sizes:
+        encoder = statistics.median(results["encoder only", batch_size])
+        for name, detector in configs:
+            speed = statistics.median(results[name, batch_size])
+            size = "" if detector is None else f"{detector.model_size_bytes_ / 1e6:.1f}"
+            rows.append(f"| {backbone} | {batch_size} | {name} | {speed:.1f} | "
+                        f"{speed / encoder:.2f} | {size} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=32, help="images per timed pass")
+    parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,mobilenet_v3_large")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    torch.set_num_threads(args.threads)
+    train, source = training_images(args.image_size)
+    test = np.ascontiguousarray(train[::-1][: max(args.batch_sizes + [args.images])])
+    rows = []
+    for backbone in args.backbones.split(","):
+        rows += run_backbone(backbone, args, train, test)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    lines = [
+        "# Inference speed, end to end",
+        "",
+        f"Written by `benchmarks/bench_speed.py`: {args.image_size} px images, "
+        f"{args.threads} torch threads, detectors fitted on {source} training features, "
+        f"median of {args.rounds} interleaved rounds of {args.images} images; "
+        "ratio = images/s over the encoder alone at the same batch size.",
+        "",
+        *machine_description(),
+        f"- Peak resident memory of the run: {peak_gb:.2f} GB",
+        "",
+        "| backbone | batch | model | images/s | ratio to encoder | fitted MB |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""PaDiM: a Gaussian per patch position on multi-scale CNN features.
+
+Defard, Setkov, Loesch and Audigier, "PaDiM: a Patch Distribution Modeling
+Framework for Anomaly Detection and Localization", ICPR Workshops 2020.
+"""
+
+from numbers import Integral, Real
+
+import torch
+from sklearn.utils._param_validation import Interval
+
+from ._progress import progress
+from .base import BaseDetector, concat_levels, smooth_upsample
+
+# Positions whose covariances are inverted at once: bounds the float64
+# intermediates to this many d x d matrices, whatever the image size.
+_POSITION_CHUNK = 1024
+
+
+class PaDiM(BaseDetector):
+    """PaDiM anomaly detector on :class:`~skcflow.Features`.
+
+    The pyramid's levels are concatenated at the finest level's resolution
+    (coarser levels upsampled by nearest neighbour, as in the reference
+    code) and a random subset of ``n_features`` channels is kept. Each
+    position gets a multivariate Gaussian fitted to the training images'
+    vectors there; a test position's anomaly score is its Mahalanobis
+    distance to that Gaussian. The map is upsampled bilinearly to the input
+    size and smoothed with a Gaussian of ``sigma`` pixels; an image's score
+    is the maximum of its map.
+
+    Fitting streams over the training images, accumulating per position the
+    sum of vectors and of their outer products in float64, so its memory is
+    that of the covariances however many images there are.
+
+    Parameters
+    ----------
+    n_features : int, default=100
+        Channels kept from the concatenated pyramid, drawn at random in
+        ``fit`` (the paper's random dimensionality reduction); capped at the
+        number of channels.
+    reg : float, default=0.01
+        ``reg * I`` is added to every covariance, keeping it invertible
+        when there are fewer training images than channels.
+    sigma : float, default=4.0
+        Standard deviation, in input pixels, of the Gaussian smoothing of
+        the maps.
+    contamination : float, default=0.01
+        Expected share of anomalies among the training images; sets
+        ``offset_`` and the default pixel threshold.
+    pixel_threshold : float, default=None
+        Threshold on the map for :meth:`predict_mask`; ``None`` uses the
+        image threshold ``-offset_``.
+    batch_size : int, default=32
+        Images embedded at once, in fit and when scoring.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA where available.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the choice of channels.
+    verbose : int, default=0
+        Show progress bars when positive.
+
+    Attributes
+    ----------
+    channels_ : ndarray of shape (d,)
+        Indices of the kept channels in the concatenated pyramid, increasing.
+    mean_ : torch.Tensor of shape (P, d)
+        Mean vector per position, ``P = H_1 * W_1`` positions row by row.
+    precision_ : torch.Tensor of shape (P, d, d)
+        Inverse of each position's regularised covariance, float32.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    pixel_threshold_ : float
+        Threshold used by :meth:`predict_mask`.
+    model_size_bytes_ : int
+        Size of the means and inverse covariances.
+    feature_shapes_ : list of tuple
+        ``(D_k, H_k, W_k)`` per level seen in fit.
+    device_ : torch.device
+        Device the Gaussians live on.
+
+    Examples
+    --------
+    >>> from skcflow import FeatureExtractor, make_defects
+    >>> from skcflow.padim import PaDiM
+    >>> data = make_defects(n_train=8, n_test=4, image_size=64, random_state=0)
+    >>> extractor = FeatureExtractor(image_size=64, device="cpu").fit()
+    >>> model = PaDiM(n_features=50, device="cpu", random_state=0)
+    >>> model = model.fit(extractor.transform(data.train.images))
+    >>> model.anomaly_map(extractor.transform(data.test.images)).shape
+    (4, 64, 64)
+    >>> tuple(model.precision_.shape)
+    (256, 50, 50)
+    """
+
+    _parameter_constraints = {
+        **BaseDetector._parameter_constraints,
+        "n_features": [Interval(Integral, 1, None, closed="left")],
+        "reg": [Interval(Real, 0, None, closed="neither")],
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_features=100,
+        reg=0.01,
+        sigma=4.0,
+        contamination=0.01,
+        pixel_threshold=None,
+        batch_size=32,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_features = n_features
+        self.reg = reg
+        self.sigma = sigma
+        self.contamination = contamination
+        self.pixel_threshold = pixel_threshold
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _fit(self, features):
+        n_channels = sum(dim for dim, _, _ in features.shapes)
+        generator = torch.Generator().manual_seed(self._seed())
+        chosen = torch.randperm(n_channels, generator=generator)[: self.n_features]
+        self.channels_ = chosen.sort().values.numpy()
+        dim = len(self.channels_)
+        n_images = len(features)
+        _, height, width = features.shapes[0]
+        n_positions = height * width
+        # float64 sums: the covariance is their difference, E[xx'] - mm',
+        # which cancels most of the digits float32 would keep.
+        total = torch.zeros(n_positions, dim, dtype=torch.float64, device=self.device_)
+        outer = torch.zeros(n_positions, dim, dim, dtype=torch.float64, device=self.device_)
+        starts = range(0, n_images, self.batch_size)
+        for start in progress(starts, self.verbose, desc="fitting", unit="batch"):
+            x = self._embed(features[start : start + self.batch_size]).double().transpose(0, 1)
+            total += x.sum(1)
+            outer.baddbmm_(x.transpose(1, 2), x)
+        mean = total / n_images
+        self.mean_ = mean.float()
+        self.precision_ = torch.empty(n_positions, dim, dim, device=self.device_)
+        ridge = self.reg * torch.eye(dim, dtype=torch.float64, device=self.device_)
+        for start in range(0, n_positions, _POSITION_CHUNK):
+            part = slice(start, start + _POSITION_CHUNK)
+            m = mean[part]
+            # Unbiased, as np.cov in the reference code; a single image
+            # leaves only the ridge.
+            cov = (outer[part] - n_images * m[:, :, None] * m[:, None, :]) / max(n_images - 1, 1)
+            factor, info = torch.linalg.cholesky_ex(cov + ridge)
+            if info.any():
+                raise ValueError(
+                    f"a covariance is not positive definite with reg={self.reg}; "
+                    "increase reg."
+                )
+            self.precision_[part] = torch.cholesky_inverse(factor).float()
+
+    def _embed(self, features):
+        """The kept channels of each image's positions, ``(B, P, d)``."""
+        embedding = concat_levels(features, self.channels_, self.device_)
+        return embedding.flatten(2).transpose(1, 2)
+
+    def _mahalanobis(self, x):
+        """Distances of one image's ``(P, d)`` vectors to their Gaussians."""
+        delta = (x - self.mean_)[:, None]
+        squared = torch.bmm(delta, self.precision_).mul_(delta).sum((1, 2))
+        # Rounding can push a distance of about zero below it.
+        return squared.clamp_(min=0).sqrt_()
+
+    def _batch_maps(self, features):
+        # One image at a time: a matrix product's rounding depends on its
+        # shape, and an image's map must not depend on its batch.
+        distances = torch.stack([self._mahalanobis(x) for x in self._embed(features)])
+        _, height, width = self.feature_shapes_[0]
+        maps = distances.view(len(features), height, width)
+        return smooth_upsample(maps, self.input_size_, self.sigma)
+
+    def _fitted_tensors(self):
+        return [self.mean_, self.precision_]

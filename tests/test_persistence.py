@@ -1,0 +1,84 @@
+import pickle
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load, make_pipeline, save
+
+DETECTORS = {
+    "cflow": lambda: CFlowAD(max_iter=10, fiber_batch_size=256, condition_dim=32,
+                             device="cpu", random_state=0),
+    "padim": lambda: PaDiM(n_features=40, device="cpu", random_state=0),
+    "spade": lambda: SPADE(device="cpu"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(DETECTORS))
+def fitted_pipeline(request, synthetic):
+    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), DETECTORS[request.param]())
+    return pipe.fit(synthetic.train.images)
+
+
+def test_round_trip_is_bit_identical(fitted_pipeline, synthetic, tmp_path):
+    path = tmp_path / "model.skcflow"
+    save(fitted_pipeline, path)
+    loaded = load(path)
+    images = synthetic.test.images
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted_pipeline.score_samples(images))
+    np.testing.assert_array_equal(loaded.anomaly_map(images), fitted_pipeline.anomaly_map(images))
+    np.testing.assert_array_equal(loaded.predict_mask(images), fitted_pipeline.predict_mask(images))
+    detector = loaded[-1]
+    assert detector.get_params() == fitted_pipeline[-1].get_params()
+    assert detector.offset_ == fitted_pipeline[-1].offset_
+    assert detector.device_ == torch.device("cpu")
+
+
+def test_detector_alone_round_trips(synthetic, extractor, train_features, test_features, tmp_path):
+    model = DETECTORS["cflow"]().fit(train_features)
+    save(model, tmp_path / "cflow.skcflow")
+    loaded = load(tmp_path / "cflow.skcflow")
+    assert loaded.feature_shapes_ == model.feature_shapes_
+    np.testing.assert_array_equal(loaded.anomaly_map(test_features), model.anomaly_map(test_features))
+
+
+def test_pickled_objects_are_refused(tmp_path, train_features):
+    # A torch file whose content is a pickled estimator would run code in a
+    # plain torch.load; load refuses it.
+    path = tmp_path / "evil.skcflow"
+    torch.save({"header": PaDiM(device="cpu"), "tensors": {}}, path)
+    with pytest.raises(ValueError, match="run code"):
+        load(path)
+    joblib.dump(PaDiM(), tmp_path / "model.joblib")
+    with pytest.raises(ValueError, match="skcflow"):
+        load(tmp_path / "model.joblib")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError):
+        load(tmp_path / "plain.pkl")
+
+
+def test_truncated_and_tampered_files(fitted_pipeline, tmp_path):
+    path = tmp_path / "model.skcflow"
+    save(fitted_pipeline, path)
+    data = path.read_bytes()
+    (tmp_path / "cut.skcflow").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.skcflow"):
+        load(tmp_path / "cut.skcflow")
+    # Rewrite the JSON header to name a class skcflow does not know.
+    content = torch.load(path, weights_only=True)
+    content["header"] = content["header"].replace('"AnomalyPipeline"', '"os.system"')
+    torch.save(content, tmp_path / "tampered.skcflow")
+    with pytest.raises(ValueError, match="unknown model class"):
+        load(tmp_path / "tampered.skcflow")
+    with pytest.raises(FileNotFoundError, match="nowhere.skcflow"):
+        load(tmp_path / "nowhere.skcflow")
+    assert zipfile.is_zipfile(path)
+
+
+def test_unsaveable_parameters_are_named(train_features, tmp_path):
+    model = PaDiM(n_features=20, device="cpu", random_state=np.random.RandomState(0))
+    model.fit(train_features)
+    with pytest.raises(TypeError, match="random_state"):
+        save(model, tmp_path / "x.skcflow")
