@@ -20,6 +20,11 @@ _INIT_FIBERS = 65536
 # On a CPU, scoring a few thousand fibers at a time keeps each coupling's
 # hidden activations in cache, several times faster than one large pass.
 _CPU_CHUNK_FIBERS = 4096
+# Floor of the mean probability: keeps -log of it finite (at most ~690).
+_MIN_PROB = 1e-300
+# Training steps per round of the early-stopping check: single steps' losses
+# are too noisy to compare.
+_ROUND = 10
 
 
 class CFlowAD(BaseDetector):
@@ -30,8 +35,11 @@ class CFlowAD(BaseDetector):
     position's anomaly probability per level is its likelihood relative to
     the most likely training position, ``P_k = exp(log p - max_train log p)``
     (clipped at 1); maps are upsampled to the input size and aggregated as in
-    the paper, ``S = K - sum_k P_k``. The normalising constants come from the
-    training data, so scores never depend on the test set or the batch.
+    the paper, ``S = K - sum_k P_k``, returned as ``-log(1 - S / K)``: the
+    same ranking of pixels and images, without the float32 rounding that
+    makes ``S`` saturate at ``K`` on strongly anomalous regions. The
+    normalising constants come from the training data, so scores never
+    depend on the test set or the batch.
 
     Parameters
     ----------
@@ -56,6 +64,13 @@ class CFlowAD(BaseDetector):
     n_epochs : int, default=None
         If set, train for this many passes over all training feature vectors
         of each level instead (still capped by ``max_iter``).
+    tol : float, default=None
+        Early stopping: when set, a level stops training once the mean loss
+        of a round of 10 steps has not improved on the best round by more
+        than ``tol`` for ``n_iter_no_change`` rounds in a row. ``None``
+        always runs the whole budget.
+    n_iter_no_change : int, default=5
+        Rounds without improvement tolerated when ``tol`` is set.
     rotation : float, default=0.0
         Random rotations of the training feature maps by up to this many
         degrees (the paper uses 5), each step drawing 32 maps.
@@ -117,6 +132,8 @@ class CFlowAD(BaseDetector):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_epochs": [None, Interval(Real, 0, None, closed="neither")],
+        "tol": [None, Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "random_state": ["random_state"],
     }
@@ -132,6 +149,8 @@ class CFlowAD(BaseDetector):
         learning_rate=2e-4,
         max_iter=500,
         n_epochs=None,
+        tol=None,
+        n_iter_no_change=5,
         rotation=0.0,
         contamination=0.01,
         pixel_threshold=None,
@@ -149,6 +168,8 @@ class CFlowAD(BaseDetector):
         self.learning_rate = learning_rate
         self.max_iter = max_iter
         self.n_epochs = n_epochs
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.rotation = rotation
         self.contamination = contamination
         self.pixel_threshold = pixel_threshold
@@ -228,7 +249,18 @@ class CFlowAD(BaseDetector):
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if self.tol is not None and self._converged(losses):
+                break
         return losses
+
+    def _converged(self, losses):
+        """Whether the last ``n_iter_no_change`` rounds of 10 steps brought
+        no improvement larger than ``tol`` over the best earlier round."""
+        if len(losses) % _ROUND or len(losses) < _ROUND * (self.n_iter_no_change + 1):
+            return False
+        rounds = [sum(losses[i : i + _ROUND]) / _ROUND for i in range(0, len(losses), _ROUND)]
+        best_before = min(rounds[: -self.n_iter_no_change])
+        return min(rounds[-self.n_iter_no_change :]) > best_before - self.tol
 
     def _sample(self, fibers, generator):
         """Draw a batch of training fibers and their flat grid positions."""
@@ -276,10 +308,17 @@ class CFlowAD(BaseDetector):
         total = 0
         for level, fmap in enumerate(features.maps):
             fmap = fmap.to(self.device_).permute(0, 2, 3, 1)
-            log_prob = self._log_prob(level, fmap)
+            # Float64: probabilities far below the best training position's
+            # must stay distinct from zero and from each other.
+            log_prob = self._log_prob(level, fmap).double()
             prob = torch.exp((log_prob - self.log_prob_max_[level]).clamp(max=0))
             total = total + upsample(prob.view(fmap.shape[:3]), self.input_size_)
-        return len(features.maps) - total
+        # The paper's S = K - sum_k P_k rounds to K in float32 wherever all
+        # levels find a position unlikely, tying the most anomalous pixels
+        # and images. -log(mean_k P_k) = -log(1 - S / K) is an increasing
+        # function of S, so it ranks every pixel and image exactly as S does,
+        # without the rounding; the floor keeps it finite.
+        return -torch.log(total.clamp_min(_MIN_PROB) / len(features.maps))
 
     def _fitted_tensors(self):
         return list(self.flows_.state_dict().values())

@@ -38,6 +38,22 @@ def test_scores_follow_sklearn_conventions(fitted, test_features):
     np.testing.assert_array_equal(masks.reshape(len(masks), -1).any(1), labels == -1)
 
 
+def test_map_ranks_pixels_as_the_papers_aggregation(fitted, test_features):
+    # S = K - sum_k upsample(P_k), computed independently in float64.
+    batch = test_features[:3]
+    total = 0
+    for level, fmap in enumerate(batch.maps):
+        with torch.inference_mode():
+            log_prob = fitted._log_prob(level, fmap.permute(0, 2, 3, 1).contiguous()).double()
+        prob = torch.exp((log_prob - fitted.log_prob_max_[level]).clamp(max=0))
+        prob = prob.view(3, 1, *fmap.shape[-2:])
+        total = total + torch.nn.functional.interpolate(prob, size=(64, 64), mode="bilinear")[:, 0]
+    paper = (len(batch.maps) - total).numpy()
+    ours = fitted.anomaly_map(batch)
+    np.testing.assert_allclose(ours, -np.log(1 - paper / len(batch.maps)), rtol=1e-5, atol=1e-6)
+    assert (ours >= 0).all()
+
+
 def test_anomalous_images_score_lower(fitted, synthetic, test_features):
     scores = fitted.score_samples(test_features)
     assert image_auroc(synthetic.test.target, -scores) > 0.8
@@ -148,6 +164,17 @@ def test_n_epochs_sets_the_budget(train_features):
     model = CFlowAD(**{**FAST, "n_epochs": 1, "max_iter": 10_000}).fit(train_features)
     n_fibers = [len(train_features) * h * w for _, h, w in train_features.shapes]
     assert model.n_iter_ == [int(np.ceil(n / 256)) for n in n_fibers]
+
+
+def test_early_stopping_on_converged_loss(train_features):
+    budget = {**FAST, "max_iter": 400, "learning_rate": 1e-3}
+    full = CFlowAD(**budget).fit(train_features)
+    early = CFlowAD(**budget, tol=0.05, n_iter_no_change=2).fit(train_features)
+    assert full.n_iter_ == [400, 400, 400]
+    assert all(n < 400 and n % 10 == 0 for n in early.n_iter_)
+    # The loss it stopped at is near the full run's.
+    for short, long in zip(early.loss_curve_, full.loss_curve_):
+        assert np.mean(short[-10:]) < np.mean(long[:10])
 
 
 def test_model_size_counts_decoder_parameters(fitted):
