@@ -3,7 +3,9 @@
 import datetime
 import os
 import platform
+import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy
@@ -37,3 +39,12 @@ def machine_description():
         f"torch {torch.__version__}",
         f"- Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
     ]
+
+
+def write_results(path, title, description, table_lines):
+    """Write and print a results page: title, description, machine, table."""
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    lines = [f"# {title}", "", description, "", *machine_description(),
+             f"- Peak resident memory of the run: {peak_gb:.2f} GB", "", *table_lines, ""]
+    Path(path).write_text("\n".join(lines))
+    print("\n".join(lines))

@@ -11,12 +11,11 @@ Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
 """
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
 
-from _common import machine_description
+from _common import write_results
 
 import skcflow
 from skcflow import FeatureExtractor, load_mvtec
@@ -93,22 +92,13 @@ def main(argv=None):
     rows = []
     for category in args.categories.split(","):
         rows += evaluate(category, models, args.image_size, args.seed)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    lines = [
-        "# Accuracy on ../shared/data",
-        "",
+    write_results(args.out, "Accuracy on ../shared/data", (
         f"Written by `benchmarks/bench_accuracy.py`; efficientnet_lite0 features at "
         f"{args.image_size} px, default detector parameters, random_state={args.seed}. "
-        "Inference images/s is end to end (encoder + detector) on the test split.",
-        "",
-        *machine_description(),
-        f"- Peak resident memory of the run: {peak_gb:.2f} GB",
-        "",
+        "Inference images/s is end to end (encoder + detector) on the test split."
+    ), [
         *markdown(rows),
-        "",
-    ]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    ])
     return 0
 
 

@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_speed.py [--threads 2] [--rounds 5]
 """
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_description
+from _common import write_results
 
 from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load_mvtec, make_defects
 
@@ -97,25 +96,16 @@ def main(argv=None):
     rows = []
     for backbone in args.backbones.split(","):
         rows += run_backbone(backbone, args, train, test)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    lines = [
-        "# Inference speed, end to end",
-        "",
+    write_results(args.out, "Inference speed, end to end", (
         f"Written by `benchmarks/bench_speed.py`: {args.image_size} px images, "
         f"{args.threads} torch threads, detectors fitted on {source} training features, "
         f"median of {args.rounds} interleaved rounds of {args.images} images; "
-        "ratio = images/s over the encoder alone at the same batch size.",
-        "",
-        *machine_description(),
-        f"- Peak resident memory of the run: {peak_gb:.2f} GB",
-        "",
+        "ratio = images/s over the encoder alone at the same batch size."
+    ), [
         "| backbone | batch | model | images/s | ratio to encoder | fitted MB |",
         "|---|---|---|---|---|---|",
         *rows,
-        "",
-    ]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    ])
     return 0
 
 
