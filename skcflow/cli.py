@@ -137,7 +137,8 @@ def fit(args):
     from .pipeline import make_pipeline
 
     if args.images:
-        images = load_images(args.images, image_size=args.image_size or 256).images
+        images = load_images(args.images, image_size=args.image_size or 256,
+                             errors=_errors(args)).images
     elif args.root and args.category:
         images = load_mvtec(args.root, args.category, split="train",
                             image_size=args.image_size or 256).images
@@ -159,7 +160,7 @@ def score(args):
 
     pipe = _load_pipeline(args.model)
     detector = pipe[-1]
-    data = load_images(args.images, image_size=pipe[0].image_size)
+    data = load_images(args.images, image_size=pipe[0].image_size, errors=_errors(args))
     maps = pipe.anomaly_map(data.images)
     scores = -pipe.score_samples(data.images)
     labels = pipe.predict(data.images)
@@ -176,6 +177,11 @@ def score(args):
     print(f"scored {len(scores)} images ({int((labels == -1).sum())} anomalous); "
           f"results in {out / 'scores.csv'}")
     return 0
+
+
+def _errors(args):
+    # load_images warns once per skipped file, naming it and the reason.
+    return "skip" if args.skip_bad_files else "raise"
 
 
 def _load_pipeline(path):
@@ -234,6 +240,8 @@ def build_parser():
     p.add_argument("--root")
     p.add_argument("--category")
     p.add_argument("--images", nargs="+", help="image files or folders of good images")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--out", required=True, help="model file to write")
     _add_model_options(p)
     p.set_defaults(func=fit)
@@ -241,6 +249,8 @@ def build_parser():
     p = commands.add_parser("score", help="score images with a saved model")
     p.add_argument("model")
     p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=score)
 

@@ -180,6 +180,16 @@ def check_images(X):
         X = X.images
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    if isinstance(X, (list, tuple)):
+        shapes = [np.shape(image) for image in X]
+        if len(set(shapes)) > 1:
+            first = shapes[0]
+            odd = next(i for i, shape in enumerate(shapes) if shape != first)
+            raise ValueError(
+                f"images in a list must share one shape; image 0 is {first} but image {odd} "
+                f"is {shapes[odd]}. Resize them first, or pass their files to "
+                "skcflow.load_images(..., image_size=...)."
+            )
     X = np.asarray(X)
     if X.size == 0:
         raise ValueError("no images were given (empty input).")

@@ -68,3 +68,29 @@ def test_wrong_model_file_and_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "model.skcflow" in result.stderr
+
+
+def test_skip_bad_files_in_fit_and_score(tmp_path, capsys):
+    from PIL import Image
+
+    from skcflow import make_defects
+
+    data = make_defects(n_train=6, n_test=2, image_size=64, random_state=0)
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i, image in enumerate(data.train.images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    model = tmp_path / "m.skcflow"
+    argv = ["fit", "--images", str(folder), "--model", "padim", "--out", str(model), *FAST]
+    assert main(argv) == 1
+    assert "broken.png" in capsys.readouterr().err and not model.exists()
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main([*argv, "--skip-bad-files"]) == 0
+    assert "on 6 images" in capsys.readouterr().out
+    out = tmp_path / "scores"
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(["score", str(model), str(folder), "--out", str(out), "--skip-bad-files"]) == 0
+    with open(out / "scores.csv") as f:
+        assert sorted(r["file"] for r in csv.DictReader(f)) == sorted(
+            str(folder / f"{i}.png") for i in range(6))
