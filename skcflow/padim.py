@@ -57,7 +57,9 @@ class PaDiM(BaseDetector):
         the maps.
     contamination : float, default=0.01
         Expected share of anomalies among the training images; sets
-        ``offset_`` and the default pixel threshold.
+        ``offset_`` and the default pixel threshold from the training
+        images' leave-one-out maps (each scored against Gaussians fitted
+        without it, in closed form), which new normal images resemble.
     pixel_threshold : float, default=None
         Threshold on the map for :meth:`predict_mask`; ``None`` uses the
         image threshold ``-offset_``.
@@ -175,7 +177,8 @@ class PaDiM(BaseDetector):
         embedding = concat_levels(features, self.channels_, self.device_)
         return embedding.flatten(2).transpose(1, 2)
 
-    def _batch_maps(self, features):
+    def _squared_distances(self, features):
+        """Squared Mahalanobis distances ``(B, P)`` of a batch's positions."""
         x = self._embed(features)
         n_images, n_positions, dim = x.shape
         step = n_positions
@@ -191,10 +194,34 @@ class PaDiM(BaseDetector):
                 delta = (x[image, part] - mean)[:, None]
                 squared[image, part] = torch.bmm(delta, precision).mul_(delta).sum((1, 2))
         # Rounding can push a distance of about zero below it.
-        distances = squared.clamp_(min=0).sqrt_()
+        return squared.clamp_(min=0)
+
+    def _map(self, squared):
         _, height, width = self.feature_shapes_[0]
-        maps = distances.view(n_images, height, width)
+        maps = squared.sqrt().view(len(squared), height, width)
         return smooth_upsample(maps, self.input_size_, self.sigma)
+
+    def _batch_maps(self, features):
+        return self._map(self._squared_distances(features))
+
+    def _training_maps(self, features):
+        # A training image helped fit the Gaussians it is scored against, so
+        # its distances are optimistic and thresholds set on them flag most
+        # new normal images. Its leave-one-out distances follow in closed
+        # form: removing one vector is a rank-one downdate of the covariance,
+        # which Sherman-Morrison inverts (taking the covariance's divisor as
+        # n - 1 throughout, a relative error of 1 / n).
+        n = self.n_train_samples_
+        if n < 3:
+            return super()._training_maps(features)
+        shrink = n / (n - 1) ** 2
+
+        def leave_one_out(batch, rows):
+            squared = self._squared_distances(batch)
+            squared = (n / (n - 1)) ** 2 * squared / (1 - shrink * squared).clamp_min(1e-12)
+            return self._map(squared)
+
+        return self._iter_batches(features, leave_one_out)
 
     def _fitted_tensors(self):
         return [self.mean_, self.precision_]

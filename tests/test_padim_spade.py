@@ -196,10 +196,23 @@ def test_padim_n_features_is_capped_at_the_channel_count(train_features):
     np.testing.assert_array_equal(model.channels_, np.arange(24 + 40 + 112))
 
 
-def test_padim_offset_and_pixel_threshold(padim, train_features):
-    train_scores = padim.score_samples(train_features)
-    assert padim.offset_ == pytest.approx(np.quantile(train_scores, padim.contamination))
-    assert padim.pixel_threshold_ == -padim.offset_
+def test_padim_training_thresholds_are_leave_one_out(train_features):
+    # Maps at the finest resolution with a one-tap kernel: the raw distances.
+    train = Features(train_features.maps, (16, 16))
+    model = PaDiM(n_features=10, sigma=0.1, device="cpu", random_state=0).fit(train)
+    loo = np.concatenate([m.numpy() for m in model._training_maps(train)])
+    n = len(train)
+    for i in (0, 7, n - 1):
+        rest = np.arange(n) != i
+        alone = PaDiM(n_features=10, sigma=0.1, device="cpu", random_state=0).fit(train[rest])
+        expected = alone.anomaly_map(train[[i]])[0]
+        # The closed form keeps the covariance's divisor at n - 1 where a
+        # refit uses n - 2: a relative error of about 1 / n in the squares.
+        np.testing.assert_allclose(loo[i] ** 2, expected ** 2, rtol=1.5 / n)
+        in_sample = model.anomaly_map(train[[i]])[0]
+        assert (in_sample < expected).all() and in_sample.mean() < 0.8 * expected.mean()
+    assert model.offset_ == pytest.approx(np.quantile(-loo.reshape(n, -1).max(1), model.contamination))
+    assert model.pixel_threshold_ == -model.offset_
 
 
 # -- SPADE --------------------------------------------------------------------
