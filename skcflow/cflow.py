@@ -4,6 +4,7 @@ Gudovskiy, Ishizaka and Kozuka, "CFLOW-AD: Real-Time Unsupervised Anomaly
 Detection with Localization via Conditional Normalizing Flows", WACV 2022.
 """
 
+import contextlib
 import math
 from numbers import Integral, Real
 
@@ -74,6 +75,11 @@ class CFlowAD(BaseDetector):
     rotation : float, default=0.0
         Random rotations of the training feature maps by up to this many
         degrees (the paper uses 5), each step drawing 32 maps.
+    inference_dtype : {"float32", "bfloat16", "float16"}, default="float32"
+        Precision of the decoders' matrix products when scoring (under
+        :func:`torch.autocast`; training always runs in float32). Half
+        precision is faster on GPUs with tensor cores; maps then differ from
+        float32 ones by well under 1% of their range.
     contamination : float, default=0.01
         Expected share of anomalies among the training images; sets
         ``offset_`` and the default pixel threshold.
@@ -135,6 +141,7 @@ class CFlowAD(BaseDetector):
         "tol": [None, Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "rotation": [Interval(Real, 0, 180, closed="both")],
+        "inference_dtype": [StrOptions({"float32", "bfloat16", "float16"})],
         "random_state": ["random_state"],
     }
 
@@ -152,6 +159,7 @@ class CFlowAD(BaseDetector):
         tol=None,
         n_iter_no_change=5,
         rotation=0.0,
+        inference_dtype="float32",
         contamination=0.01,
         pixel_threshold=None,
         batch_size=32,
@@ -171,6 +179,7 @@ class CFlowAD(BaseDetector):
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.rotation = rotation
+        self.inference_dtype = inference_dtype
         self.contamination = contamination
         self.pixel_threshold = pixel_threshold
         self.batch_size = batch_size
@@ -299,10 +308,17 @@ class CFlowAD(BaseDetector):
         biases = self._biases(level, n_positions, height, width)
         flow = self.flows_[level]
         chunks = fmap.reshape(n_images, n_positions, dim).split(self._images_per_chunk(n_positions))
-        return torch.cat([
-            flow.log_prob(chunk.reshape(-1, dim), [b[: chunk.shape[0] * n_positions] for b in biases])
-            for chunk in chunks
-        ]).view(n_images, n_positions)
+        with self._autocast():
+            log_prob = torch.cat([
+                flow.log_prob(chunk.reshape(-1, dim), [b[: chunk.shape[0] * n_positions] for b in biases])
+                for chunk in chunks
+            ])
+        return log_prob.float().view(n_images, n_positions)
+
+    def _autocast(self):
+        if self.inference_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_.type, dtype=getattr(torch, self.inference_dtype))
 
     def _batch_maps(self, features):
         total = 0

@@ -195,3 +195,16 @@ def test_pipeline_on_real_bottle_subset():
     maps = pipe.anomaly_map(test.images)
     assert maps.shape == (len(test.images), 128, 128)
     assert image_auroc(test.target, scores) > 0.9
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_inference_changes_maps_by_rounding_only(fitted, train_features,
+                                                                test_features, dtype):
+    half = CFlowAD(**FAST, inference_dtype=dtype).fit(train_features)
+    for a, b in zip(half.flows_.state_dict().values(), fitted.flows_.state_dict().values()):
+        assert torch.equal(a, b)  # training stays in float32
+    expected = fitted.anomaly_map(test_features)
+    maps = half.anomaly_map(test_features)
+    assert maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert not np.array_equal(maps, expected)
+    np.testing.assert_allclose(maps, expected, rtol=0, atol=0.01 * np.ptp(expected))
