@@ -93,6 +93,9 @@ def concat_levels(features, channels=None, device=None):
             keep = channels[(channels >= first) & (channels < first + dim)] - first
             fmap = fmap.index_select(1, keep)
         first += dim
+        if not fmap.shape[1]:
+            # A small random subset may miss a level entirely.
+            continue
         fmap = fmap.to(device)
         if fmap.shape[-2:] != size:
             fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)

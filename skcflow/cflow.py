@@ -321,23 +321,46 @@ class CFlowAD(BaseDetector):
         return torch.autocast(self.device_.type, dtype=getattr(torch, self.inference_dtype))
 
     def _batch_maps(self, features):
-        total = 0
-        for level, fmap in enumerate(features.maps):
-            fmap = fmap.to(self.device_).permute(0, 2, 3, 1)
-            # Float64: probabilities far below the best training position's
-            # must stay distinct from zero and from each other.
-            log_prob = self._log_prob(level, fmap).double()
-            prob = torch.exp((log_prob - self.log_prob_max_[level]).clamp(max=0))
-            total = total + upsample(prob.view(fmap.shape[:3]), self.input_size_)
-        # The paper's S = K - sum_k P_k rounds to K in float32 wherever all
-        # levels find a position unlikely, tying the most anomalous pixels
-        # and images. -log(mean_k P_k) = -log(1 - S / K) is an increasing
-        # function of S, so it ranks every pixel and image exactly as S does,
-        # without the rounding; the floor keeps it finite.
-        return -torch.log(total.clamp_min(_MIN_PROB) / len(features.maps))
+        log_probs = [
+            self._log_prob(level, fmap.to(self.device_).permute(0, 2, 3, 1)).view(
+                len(fmap), *fmap.shape[-2:])
+            for level, fmap in enumerate(features.maps)
+        ]
+        return aggregate_likelihoods(log_probs, self.log_prob_max_, self.input_size_)
 
     def _fitted_tensors(self):
         return list(self.flows_.state_dict().values())
+
+
+def aggregate_likelihoods(log_probs, maxima, size):
+    """CFLOW-AD's anomaly map from per-level log-likelihoods.
+
+    Parameters
+    ----------
+    log_probs : list of torch.Tensor of shape (N, H_k, W_k)
+        Log-likelihood per dimension at each position of each level.
+    maxima : list of float
+        Per level, the normalising constant: the highest training value.
+    size : tuple of int
+        The input resolution ``(H, W)``.
+
+    Returns
+    -------
+    maps : torch.Tensor of shape (N, H, W), float64
+        ``-log(mean_k P_k)`` with ``P_k = exp(log p_k - max_k)`` clipped at
+        1 and upsampled bilinearly: higher is more anomalous.
+    """
+    total = 0
+    for log_prob, maximum in zip(log_probs, maxima):
+        # Float64: probabilities far below the best training position's
+        # must stay distinct from zero and from each other.
+        total = total + upsample(torch.exp((log_prob.double() - maximum).clamp(max=0)), size)
+    # The paper's S = K - sum_k P_k rounds to K in float32 wherever all
+    # levels find a position unlikely, tying the most anomalous pixels
+    # and images. -log(mean_k P_k) = -log(1 - S / K) is an increasing
+    # function of S, so it ranks every pixel and image exactly as S does,
+    # without the rounding; the floor keeps it finite.
+    return -torch.log(total.clamp_min(_MIN_PROB) / len(log_probs))
 
 
 def _warmup_cosine(n_steps):

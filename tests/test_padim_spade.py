@@ -301,3 +301,17 @@ def test_real_bottle_subset(model, bottle):
     train, test, target = bottle
     model.fit(train)
     assert image_auroc(target, -model.score_samples(test)) > 0.9
+
+
+def test_padim_channel_subset_that_misses_a_level(train_features, test_features):
+    # 10 channels out of 24 + 40 + 112 often include none of the second
+    # level's, which then has nothing to upsample.
+    for seed in range(100):
+        model = PaDiM(n_features=10, device="cpu", random_state=seed)
+        model.fit(train_features[:4])
+        if not ((model.channels_ >= 24) & (model.channels_ < 64)).any():
+            break
+    else:
+        pytest.fail("no seed drew a subset without level-1 channels")
+    assert len(model.channels_) == 10
+    assert np.isfinite(model.anomaly_map(test_features)).all()

@@ -1,6 +1,7 @@
 """Issue 8's catalogue: bad input gives a clear error, extreme input finite scores."""
 
 import numpy as np
+import torch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,3 +98,20 @@ def test_extreme_images_give_finite_scores_and_maps(pipeline, name):
     maps = pipeline.anomaly_map(images)
     assert maps.shape == (1, 64, 64) and np.isfinite(maps).all()
     assert set(np.unique(pipeline.predict(images))) <= {-1, 1}
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: CFlowAD(max_iter=5, fiber_batch_size=64, condition_dim=32, **kw),
+    lambda **kw: PaDiM(n_features=10, **kw),
+    lambda **kw: SPADE(**kw),
+])
+def test_detectors_on_empty_input_and_missing_cuda(make, train_features):
+    with pytest.raises(ValueError, match="empty input"):
+        make(device="cpu").fit(train_features[:0])
+    model = make(device="auto").fit(train_features[:4])
+    with pytest.raises(ValueError, match="empty input"):
+        model.score_samples(train_features[:0])
+    if not torch.cuda.is_available():
+        assert model.device_ == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make(device="cuda").fit(train_features)
