@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts."""
 
+import argparse
 import datetime
 import os
 import platform
@@ -11,6 +12,13 @@ import numpy as np
 import scipy
 import sklearn
 import torch
+
+from skcflow import FeatureExtractor, load_mvtec
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+CATEGORIES = {"bottle": DATA / "mvtec_ad", "magnetic_tile": DATA / "mtd"}
 
 
 def best_time(function, repeats):
@@ -48,3 +56,37 @@ def write_results(path, title, description, table_lines):
              f"- Peak resident memory of the run: {peak_gb:.2f} GB", "", *table_lines, ""]
     Path(path).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def category_parser(description, results_name):
+    """Options shared by the benchmarks that run on ../shared/data's categories."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--categories", default=",".join(CATEGORIES))
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / results_name))
+    return parser
+
+
+def data_missing():
+    """Say so, and return True, where ../shared/data is absent."""
+    if DATA.is_dir():
+        return False
+    print(f"skipped: real data not found at {DATA}")
+    return True
+
+
+def load_category(category, image_size):
+    """``(train, test, train_features, test_features, test_encode_seconds)``.
+
+    Features come from the default efficientnet_lite0 extractor; the test
+    set's extraction is timed, as the encoder-only reference of throughput.
+    """
+    root = CATEGORIES[category]
+    train = load_mvtec(root, category, split="train", image_size=image_size)
+    test = load_mvtec(root, category, split="test", image_size=image_size)
+    extractor = FeatureExtractor(image_size=image_size).fit()
+    train_features = extractor.transform(train.images)
+    start = time.perf_counter()
+    test_features = extractor.transform(test.images)
+    return train, test, train_features, test_features, time.perf_counter() - start

@@ -10,20 +10,14 @@ Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
            [--categories bottle,magnetic_tile] [--image-size 256]
 """
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
-from _common import write_results
+from _common import category_parser, data_missing, load_category, write_results
 
 import skcflow
-from skcflow import FeatureExtractor, load_mvtec
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-CATEGORIES = {"bottle": DATA / "mvtec_ad", "magnetic_tile": DATA / "mtd"}
 MODELS = {"cflow": "CFlowAD", "padim": "PaDiM", "spade": "SPADE"}
 
 
@@ -34,12 +28,7 @@ def timed(function, *args):
 
 
 def evaluate(category, models, image_size, seed):
-    root = CATEGORIES[category]
-    train = load_mvtec(root, category, split="train", image_size=image_size)
-    test = load_mvtec(root, category, split="test", image_size=image_size)
-    extractor = FeatureExtractor(image_size=image_size).fit()
-    train_features, _ = timed(extractor.transform, train.images)
-    test_features, encode_seconds = timed(extractor.transform, test.images)
+    train, test, train_features, test_features, encode_seconds = load_category(category, image_size)
     n_test = len(test.images)
     rows = [{
         "category": category, "model": "encoder only",
@@ -78,15 +67,10 @@ def markdown(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = category_parser(__doc__.splitlines()[0], "accuracy.md")
     parser.add_argument("--models", default="cflow,padim,spade")
-    parser.add_argument("--categories", default="bottle,magnetic_tile")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy.md"))
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: real data not found at {DATA}")
+    if data_missing():
         return 0
     models = [m for m in args.models.split(",") if m]
     rows = []

@@ -18,11 +18,10 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from _common import best_time, machine_description
+from _common import RESULTS, ROOT, best_time, machine_description
 
 from skcflow.metrics import aupro, pixel_auroc
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_metrics import reference_aupro  # noqa: E402
 
@@ -54,7 +53,7 @@ def main():
     parser.add_argument(
         "--output",
         type=Path,
-        default=ROOT / "benchmarks" / "results" / "aupro_speed.md",
+        default=RESULTS / "aupro_speed.md",
     )
     args = parser.parse_args()
 

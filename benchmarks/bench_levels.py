@@ -14,22 +14,21 @@ flow that matches them. Writes benchmarks/results/levels.md.
 Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
 """
 
-import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
-from _common import write_results
+from _common import category_parser, data_missing, load_category, write_results
 
-from skcflow import CFlowAD, FeatureExtractor, Features, PaDiM, load_mvtec
+from skcflow import CFlowAD, Features, PaDiM
 from skcflow.base import upsample
 from skcflow.cflow import aggregate_likelihoods
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-CATEGORIES = {"bottle": DATA / "mvtec_ad", "magnetic_tile": DATA / "mtd"}
+
+def batched(compute, features, size=16):
+    """``compute`` applied to ``features`` a few images at a time."""
+    return [compute(features[start : start + size]) for start in range(0, len(features), size)]
 
 
 def gaussian_log_likelihood(model, features):
@@ -37,18 +36,14 @@ def gaussian_log_likelihood(model, features):
     _, height, width = model.feature_shapes_[0]
     dim = len(model.channels_)
     log_det_precision = torch.linalg.slogdet(model.precision_.double())[1]
-    squared = torch.cat([model._squared_distances(features[i : i + 16]).double()
-                         for i in range(0, len(features), 16)])
+    squared = torch.cat(batched(model._squared_distances, features)).double()
     log_p = 0.5 * (log_det_precision - squared - dim * math.log(2 * math.pi)) / dim
     return log_p.view(len(features), height, width)
 
 
-def flow_log_likelihood(model, level, features):
-    fmap = features.maps[level]
-    return torch.cat([
-        model._log_prob(level, chunk.permute(0, 2, 3, 1)).view(len(chunk), *fmap.shape[-2:])
-        for chunk in fmap.split(16)
-    ]).double()
+def flow_log_likelihoods(model, features):
+    """Per level, the flow's log-likelihood per dimension ``(N, H_k, W_k)``."""
+    return [torch.cat(levels).double() for levels in zip(*batched(model._level_log_probs, features))]
 
 
 def row(category, model, level, test, maps):
@@ -59,15 +54,12 @@ def row(category, model, level, test, maps):
 
 
 def evaluate(category, image_size, seed):
-    root = CATEGORIES[category]
-    train = load_mvtec(root, category, split="train", image_size=image_size)
-    test = load_mvtec(root, category, split="test", image_size=image_size)
-    extractor = FeatureExtractor(image_size=image_size).fit()
-    train_features, test_features = extractor.transform(train.images), extractor.transform(test.images)
+    _, test, train_features, test_features, _ = load_category(category, image_size)
     size = test_features.input_size
     flow = CFlowAD(random_state=seed).fit(train_features)
     rows, gaussian_maxima, gaussian_test = [], [], []
     with torch.inference_mode():
+        flow_test = flow_log_likelihoods(flow, test_features)
         for level in range(len(train_features.maps)):
             one = [Features([f.maps[level]], f.input_size) for f in (train_features, test_features)]
             gaussian = PaDiM(n_features=10**6, random_state=seed).fit(one[0])
@@ -75,7 +67,7 @@ def evaluate(category, image_size, seed):
             gaussian_test.append(gaussian_log_likelihood(gaussian, one[1]))
             name = f"{level} ({train_features.shapes[level][0]} channels)"
             rows.append(row(category, "CFlowAD", name, test,
-                            upsample(-flow_log_likelihood(flow, level, test_features), size)))
+                            upsample(-flow_test[level], size)))
             rows.append(row(category, "Gaussian per position", name, test,
                             upsample(-gaussian_test[-1], size)))
             print(*rows[-2:], sep="\n", flush=True)
@@ -88,14 +80,8 @@ def evaluate(category, image_size, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--categories", default="bottle,magnetic_tile")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "levels.md"))
-    args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: real data not found at {DATA}")
+    args = category_parser(__doc__.splitlines()[0], "levels.md").parse_args(argv)
+    if data_missing():
         return 0
     rows = []
     for category in args.categories.split(","):

@@ -16,22 +16,20 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from _common import write_results
+from _common import CATEGORIES, RESULTS, write_results
 
 from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load_mvtec, make_defects
 from skcflow.flows import positional_encoding
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "mvtec_ad"
+BOTTLE = CATEGORIES["bottle"]
 
 
 def training_images(image_size):
-    if DATA.is_dir():
-        return load_mvtec(DATA, "bottle", split="train", image_size=image_size).images, "bottle"
+    if BOTTLE.is_dir():
+        return load_mvtec(BOTTLE, "bottle", split="train", image_size=image_size).images, "bottle"
     return make_defects(n_train=60, n_test=0, image_size=image_size, random_state=0).train.images, \
         "synthetic"
 
@@ -125,7 +123,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,mobilenet_v3_large")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    parser.add_argument("--out", default=str(RESULTS / "speed.md"))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     torch.set_num_threads(args.threads)

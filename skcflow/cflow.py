@@ -320,13 +320,17 @@ class CFlowAD(BaseDetector):
             return contextlib.nullcontext()
         return torch.autocast(self.device_.type, dtype=getattr(torch, self.inference_dtype))
 
-    def _batch_maps(self, features):
-        log_probs = [
+    def _level_log_probs(self, features):
+        """Log-likelihood per dimension ``(N, H_k, W_k)`` of each level."""
+        return [
             self._log_prob(level, fmap.to(self.device_).permute(0, 2, 3, 1)).view(
                 len(fmap), *fmap.shape[-2:])
             for level, fmap in enumerate(features.maps)
         ]
-        return aggregate_likelihoods(log_probs, self.log_prob_max_, self.input_size_)
+
+    def _batch_maps(self, features):
+        return aggregate_likelihoods(
+            self._level_log_probs(features), self.log_prob_max_, self.input_size_)
 
     def _fitted_tensors(self):
         return list(self.flows_.state_dict().values())

@@ -222,6 +222,11 @@ def _add_model_options(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_skip_option(parser):
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="skip unreadable images with a warning instead of stopping")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="skcflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"skcflow {__version__}")
@@ -240,8 +245,7 @@ def build_parser():
     p.add_argument("--root")
     p.add_argument("--category")
     p.add_argument("--images", nargs="+", help="image files or folders of good images")
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="skip unreadable images with a warning instead of stopping")
+    _add_skip_option(p)
     p.add_argument("--out", required=True, help="model file to write")
     _add_model_options(p)
     p.set_defaults(func=fit)
@@ -249,8 +253,7 @@ def build_parser():
     p = commands.add_parser("score", help="score images with a saved model")
     p.add_argument("model")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="skip unreadable images with a warning instead of stopping")
+    _add_skip_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=score)
 

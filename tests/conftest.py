@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from skcflow import FeatureExtractor, make_defects
+from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, make_defects, make_pipeline
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -35,6 +35,22 @@ def train_features(synthetic, extractor):
 @pytest.fixture(scope="session")
 def test_features(synthetic, extractor):
     return extractor.transform(synthetic.test.images)
+
+
+# Each detector, small enough to fit in about a second; keywords override.
+FAST_DETECTORS = {
+    "cflow": lambda **kw: CFlowAD(**{"max_iter": 10, "fiber_batch_size": 256, "condition_dim": 32,
+                                     "device": "cpu", "random_state": 0, **kw}),
+    "padim": lambda **kw: PaDiM(**{"n_features": 40, "device": "cpu", "random_state": 0, **kw}),
+    "spade": lambda **kw: SPADE(**{"device": "cpu", **kw}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAST_DETECTORS))
+def fitted_pipeline(request, synthetic):
+    """Each detector in a small pipeline, fitted on the synthetic training images."""
+    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), FAST_DETECTORS[request.param]())
+    return pipe.fit(synthetic.train.images)
 
 
 @pytest.fixture(autouse=True)

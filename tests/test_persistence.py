@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load, make_pipeline, save
+from skcflow import PaDiM, load, save
 
-DETECTORS = {
-    "cflow": lambda: CFlowAD(max_iter=10, fiber_batch_size=256, condition_dim=32,
-                             device="cpu", random_state=0),
-    "padim": lambda: PaDiM(n_features=40, device="cpu", random_state=0),
-    "spade": lambda: SPADE(device="cpu"),
-}
-
-
-@pytest.fixture(scope="module", params=sorted(DETECTORS))
-def fitted_pipeline(request, synthetic):
-    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), DETECTORS[request.param]())
-    return pipe.fit(synthetic.train.images)
+from conftest import FAST_DETECTORS
 
 
 def test_round_trip_is_bit_identical(fitted_pipeline, synthetic, tmp_path):
@@ -37,7 +26,7 @@ def test_round_trip_is_bit_identical(fitted_pipeline, synthetic, tmp_path):
 
 
 def test_detector_alone_round_trips(synthetic, extractor, train_features, test_features, tmp_path):
-    model = DETECTORS["cflow"]().fit(train_features)
+    model = FAST_DETECTORS["cflow"]().fit(train_features)
     save(model, tmp_path / "cflow.skcflow")
     loaded = load(tmp_path / "cflow.skcflow")
     assert loaded.feature_shapes_ == model.feature_shapes_

@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, make_pipeline
+from skcflow import FeatureExtractor
 from skcflow.features import check_images
+
+from conftest import FAST_DETECTORS
 
 DTYPES = st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float16, np.float32,
                           np.float64, np.bool_, np.complex64])
@@ -78,21 +80,9 @@ EXTREMES = {
 }
 
 
-@pytest.fixture(scope="module", params=["cflow", "padim", "spade"])
-def pipeline(request, synthetic):
-    detector = {
-        "cflow": CFlowAD(max_iter=15, fiber_batch_size=256, condition_dim=32, device="cpu",
-                         random_state=0),
-        "padim": PaDiM(n_features=40, device="cpu", random_state=0),
-        "spade": SPADE(device="cpu"),
-    }[request.param]
-    return make_pipeline(FeatureExtractor(image_size=64, device="cpu"), detector).fit(
-        synthetic.train.images)
-
-
 @pytest.mark.parametrize("name", sorted(EXTREMES))
-def test_extreme_images_give_finite_scores_and_maps(pipeline, name):
-    images = EXTREMES[name]
+def test_extreme_images_give_finite_scores_and_maps(fitted_pipeline, name):
+    pipeline, images = fitted_pipeline, EXTREMES[name]
     assert np.isfinite(pipeline.score_samples(images)).all()
     assert np.isfinite(pipeline.decision_function(images)).all()
     maps = pipeline.anomaly_map(images)
@@ -100,12 +90,9 @@ def test_extreme_images_give_finite_scores_and_maps(pipeline, name):
     assert set(np.unique(pipeline.predict(images))) <= {-1, 1}
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: CFlowAD(max_iter=5, fiber_batch_size=64, condition_dim=32, **kw),
-    lambda **kw: PaDiM(n_features=10, **kw),
-    lambda **kw: SPADE(**kw),
-])
-def test_detectors_on_empty_input_and_missing_cuda(make, train_features):
+@pytest.mark.parametrize("name", sorted(FAST_DETECTORS))
+def test_detectors_on_empty_input_and_missing_cuda(name, train_features):
+    make = FAST_DETECTORS[name]
     with pytest.raises(ValueError, match="empty input"):
         make(device="cpu").fit(train_features[:0])
     model = make(device="auto").fit(train_features[:4])
