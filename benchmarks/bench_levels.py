@@ -3,9 +3,11 @@
 For each category and each level of the default efficientnet_lite0 pyramid,
 the anomaly map of the level alone (minus the log-likelihood per dimension,
 upsampled bilinearly, no smoothing) is evaluated for two density models of
-the same features: CFlowAD's conditional flow (default parameters) and a
-Gaussian per position (mean and covariance + 0.01 I, PaDiM's model without
-its channel subset or smoothing), the flow's reference point. Both are then
+the same features: CFlowAD's conditional flow (default parameters, whose
+flows start from whitened features), the paper's decoder (``whiten=False``,
+a positional encoding only) and a Gaussian per position (mean and
+covariance + 0.01 I, PaDiM's model without its channel subset or
+smoothing), the flow's reference point. Both are then
 aggregated across levels as CFLOW-AD does (probabilities relative to the
 best training position, summed), so the last rows show how far that
 aggregation lets exact per-position Gaussian densities go: a ceiling for a
@@ -24,6 +26,9 @@ from skcflow import CFlowAD, Features, PaDiM
 from skcflow.base import upsample
 from skcflow.cflow import aggregate_likelihoods
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
+
+
+FLOWS = {"CFlowAD": True, "CFlowAD, whiten=False (paper's decoder)": False}
 
 
 def batched(compute, features, size=16):
@@ -56,26 +61,28 @@ def row(category, model, level, test, maps):
 def evaluate(category, image_size, seed):
     _, test, train_features, test_features, _ = load_category(category, image_size)
     size = test_features.input_size
-    flow = CFlowAD(random_state=seed).fit(train_features)
+    flows = {name: CFlowAD(whiten=whiten, random_state=seed).fit(train_features)
+             for name, whiten in FLOWS.items()}
     rows, gaussian_maxima, gaussian_test = [], [], []
     with torch.inference_mode():
-        flow_test = flow_log_likelihoods(flow, test_features)
+        flow_test = {name: flow_log_likelihoods(flow, test_features) for name, flow in flows.items()}
         for level in range(len(train_features.maps)):
             one = [Features([f.maps[level]], f.input_size) for f in (train_features, test_features)]
             gaussian = PaDiM(n_features=10**6, random_state=seed).fit(one[0])
             gaussian_maxima.append(float(gaussian_log_likelihood(gaussian, one[0]).max()))
             gaussian_test.append(gaussian_log_likelihood(gaussian, one[1]))
             name = f"{level} ({train_features.shapes[level][0]} channels)"
-            rows.append(row(category, "CFlowAD", name, test,
-                            upsample(-flow_test[level], size)))
+            rows += [row(category, model, name, test, upsample(-log_p[level], size))
+                     for model, log_p in flow_test.items()]
             rows.append(row(category, "Gaussian per position", name, test,
                             upsample(-gaussian_test[-1], size)))
-            print(*rows[-2:], sep="\n", flush=True)
-        rows.append(row(category, "CFlowAD", "all, aggregated", test,
-                        torch.from_numpy(flow.anomaly_map(test_features))))
+            print(*rows[-len(FLOWS) - 1:], sep="\n", flush=True)
+        rows += [row(category, model, "all, aggregated", test,
+                     torch.from_numpy(flow.anomaly_map(test_features)))
+                 for model, flow in flows.items()]
         rows.append(row(category, "Gaussian per position", "all, aggregated", test,
                         aggregate_likelihoods(gaussian_test, gaussian_maxima, size)))
-    print(*rows[-2:], sep="\n", flush=True)
+    print(*rows[-len(FLOWS) - 1:], sep="\n", flush=True)
     return rows
 
 
@@ -88,7 +95,8 @@ def main(argv=None):
         rows += evaluate(category, args.image_size, args.seed)
     write_results(args.out, "Accuracy per pyramid level, and after CFLOW-AD's aggregation", (
         f"Written by `benchmarks/bench_levels.py`; efficientnet_lite0 features at "
-        f"{args.image_size} px, CFlowAD with default parameters (random_state={args.seed}). "
+        f"{args.image_size} px, CFlowAD with default parameters (random_state={args.seed}), "
+        "and with whiten=False. "
         "Per level: minus the log-likelihood per dimension, upsampled, no smoothing. "
         "'all, aggregated': CFLOW-AD's sum of probabilities relative to the best "
         "training position, for the flow (CFlowAD's own maps) and for exact Gaussians."

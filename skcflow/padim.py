@@ -11,10 +11,8 @@ from sklearn.utils._param_validation import Interval
 
 from ._progress import progress
 from .base import BaseDetector, concat_levels, smooth_upsample
+from .gaussian import PositionMoments
 
-# Positions whose covariances are inverted at once: bounds the float64
-# intermediates to this many d x d matrices, whatever the image size.
-_POSITION_CHUNK = 256
 # On a CPU, the inverse covariances scored at once fit in this much cache,
 # so that every image of a batch reuses them instead of streaming them all
 # from memory again (3.5x faster for 176 channels at 256 px).
@@ -140,36 +138,14 @@ class PaDiM(BaseDetector):
         chosen = torch.randperm(n_channels, generator=generator)[: self.n_features]
         self.channels_ = chosen.sort().values.numpy()
         dim = len(self.channels_)
-        n_images = len(features)
         _, height, width = features.shapes[0]
-        n_positions = height * width
-        # float64 sums: the covariance is their difference, E[xx'] - mm',
-        # which cancels most of the digits float32 would keep.
-        total = torch.zeros(n_positions, dim, dtype=torch.float64, device=self.device_)
-        outer = torch.zeros(n_positions, dim, dim, dtype=torch.float64, device=self.device_)
-        starts = range(0, n_images, self.batch_size)
+        moments = PositionMoments(height * width, dim, self.device_)
+        starts = range(0, len(features), self.batch_size)
         for start in progress(starts, self.verbose, desc="fitting", unit="batch"):
-            x = self._embed(features[start : start + self.batch_size]).double().transpose(0, 1)
-            total += x.sum(1)
-            outer.baddbmm_(x.transpose(1, 2), x)
-        mean = total / n_images
-        self.mean_ = mean.float()
-        self.precision_ = torch.empty(n_positions, dim, dim, device=self.device_)
-        ridge = self.reg * torch.eye(dim, dtype=torch.float64, device=self.device_)
-        for start in range(0, n_positions, _POSITION_CHUNK):
-            part = slice(start, start + _POSITION_CHUNK)
-            m = mean[part]
-            # In place: the sums of outer products become the covariances
-            # (unbiased, as np.cov in the reference code; a single image
-            # leaves only the ridge) without a second float64 copy.
-            cov = outer[part].baddbmm_(m[:, :, None], m[:, None, :], alpha=-n_images)
-            cov.div_(max(n_images - 1, 1)).add_(ridge)
-            factor, info = torch.linalg.cholesky_ex(cov)
-            if info.any():
-                raise ValueError(
-                    f"a covariance is not positive definite with reg={self.reg}; "
-                    "increase reg."
-                )
+            moments.update(self._embed(features[start : start + self.batch_size]))
+        self.mean_ = moments.mean().float()
+        self.precision_ = torch.empty(height * width, dim, dim, device=self.device_)
+        for part, factor in moments.cholesky_factors(self.reg):
             self.precision_[part] = torch.cholesky_inverse(factor).float()
 
     def _embed(self, features):

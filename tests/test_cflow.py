@@ -59,10 +59,27 @@ def test_anomalous_images_score_lower(fitted, synthetic, test_features):
     assert image_auroc(synthetic.test.target, -scores) > 0.8
 
 
-def test_contamination_sets_offset_from_training_scores(train_features, fitted):
-    train_scores = fitted.score_samples(train_features)
-    assert fitted.offset_ == pytest.approx(np.quantile(train_scores, fitted.contamination))
+def test_thresholds_come_from_leave_one_out_training_maps(train_features, fitted):
+    loo = np.concatenate([m.numpy() for m in fitted._training_maps(train_features)])
+    # Left out of the whitening it helped fit, a training image looks less
+    # normal, as a new normal image does.
+    assert loo.mean() > fitted.anomaly_map(train_features).mean()
+    loo_scores = -loo.reshape(len(loo), -1).max(1)
+    assert fitted.offset_ == pytest.approx(np.quantile(loo_scores, fitted.contamination))
     assert np.mean(fitted.predict(train_features) == -1) <= 0.05
+
+
+def test_without_whitening_it_is_the_papers_decoder(train_features, test_features, fitted):
+    plain = CFlowAD(whiten=False, **FAST).fit(train_features)
+    assert plain.whitening_ is None
+    flow_bytes = sum(t.numel() * t.element_size() for t in plain.flows_.state_dict().values())
+    assert plain.model_size_bytes_ == flow_bytes < fitted.model_size_bytes_
+    # Without whitening, training maps are the in-sample ones.
+    loo = np.concatenate([m.numpy() for m in plain._training_maps(train_features)])
+    np.testing.assert_array_equal(loo, plain.anomaly_map(train_features))
+    maps = plain.anomaly_map(test_features)
+    assert np.isfinite(maps).all()
+    assert not np.allclose(maps, fitted.anomaly_map(test_features))
 
 
 def test_image_alone_or_in_batch_gives_same_map(fitted, test_features):
@@ -177,8 +194,9 @@ def test_early_stopping_on_converged_loss(train_features):
         assert np.mean(short[-10:]) < np.mean(long[:10])
 
 
-def test_model_size_counts_decoder_parameters(fitted):
+def test_model_size_counts_decoders_and_whitening(fitted):
     n_values = sum(p.numel() for p in fitted.flows_.parameters())
+    n_values += sum(b.numel() for b in fitted.whitening_.buffers())
     assert fitted.model_size_bytes_ >= 4 * n_values
 
 

@@ -1,0 +1,114 @@
+"""Multivariate Gaussians per feature-map position, fitted in one pass.
+
+PaDiM scores positions by their Mahalanobis distance to these Gaussians, and
+CFlowAD whitens each position's features with them before its flows.
+"""
+
+import torch
+
+# Positions whose covariances are factorised at once: bounds the float64
+# intermediates to this many d x d matrices, whatever the image size.
+_POSITION_CHUNK = 256
+
+
+class PositionMoments:
+    """Running float64 sums of vectors and of their outer products per position.
+
+    Parameters
+    ----------
+    n_positions, dim : int
+        Positions and size of the vectors.
+    device : torch.device
+        Where the sums live.
+    """
+
+    def __init__(self, n_positions, dim, device):
+        # float64: the covariance is a difference, E[xx'] - mm', which
+        # cancels most of the digits float32 would keep.
+        self.count = 0
+        self.total = torch.zeros(n_positions, dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(n_positions, dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, x):
+        """Add a batch of vectors ``(B, P, dim)``."""
+        x = x.double().transpose(0, 1)
+        self.count += x.shape[1]
+        self.total += x.sum(1)
+        self.outer.baddbmm_(x.transpose(1, 2), x)
+
+    def mean(self):
+        """Mean vector per position, ``(P, dim)`` float64."""
+        return self.total / self.count
+
+    def pooled_covariance(self):
+        """Covariance of all vectors whatever their position, ``(dim, dim)``."""
+        n = self.count * len(self.total)
+        mean = self.total.sum(0) / n
+        return (self.outer.sum(0) - n * torch.outer(mean, mean)) / max(n - 1, 1)
+
+    def cholesky_factors(self, reg, prior_weight=0):
+        """Yield ``(positions, L)``: Cholesky factors of the covariances plus ``reg * I``.
+
+        With ``prior_weight=w``, each covariance is the posterior mean under
+        an inverse-Wishart prior centred on the pooled covariance and worth
+        ``w`` vectors: ``((n - 1) S + w S_pooled) / (n - 1 + w)``, which
+        stays well conditioned when there are few vectors per position.
+
+        The sums of outer products are turned into the covariances in place
+        (unbiased, as ``np.cov``; a single vector leaves only the ridge), so
+        the moments cannot be used again afterwards.
+        """
+        n, mean = self.count, self.mean()
+        ridge = reg * torch.eye(mean.shape[1], dtype=torch.float64, device=mean.device)
+        prior = prior_weight * self.pooled_covariance() if prior_weight else 0
+        for start in range(0, len(mean), _POSITION_CHUNK):
+            part = slice(start, start + _POSITION_CHUNK)
+            m = mean[part]
+            cov = self.outer[part].baddbmm_(m[:, :, None], m[:, None, :], alpha=-n)
+            cov.add_(prior).div_(max(n - 1 + prior_weight, 1)).add_(ridge)
+            factor, info = torch.linalg.cholesky_ex(cov)
+            if info.any():
+                raise ValueError(
+                    f"a covariance is not positive definite with reg={reg}; increase reg."
+                )
+            yield part, factor
+
+
+def leave_one_out_whitened(u, n, sample_share=1.0):
+    """Whitened training vectors as if each had been left out of its Gaussian.
+
+    A training vector helped fit the mean and covariance that whiten it, so
+    it looks more normal than a new one. Removing it is a rank-one downdate
+    of the covariance, ``S - a d d'`` with ``a = n / (n - 1)**2`` times the
+    share of the covariance that comes from the sample (the rest, a prior,
+    stays). In the
+    whitened coordinates ``w = L^-1 d`` (``u`` here), the Cholesky factor of
+    ``I - a w w'`` whitens ``w`` to ``w_j / sqrt((1 - a s_(j-1)) (1 - a s_j))``
+    with ``s_j`` the partial sums of ``w**2``: the sequential conditional
+    standardisation Cholesky whitening is. The covariance's divisor is taken
+    as ``n - 1`` throughout, a relative error of ``1 / n``.
+
+    Parameters
+    ----------
+    u : torch.Tensor of shape (..., dim)
+        Training vectors whitened by the Gaussians they helped fit.
+    n : int
+        Number of training vectors per Gaussian (at least 3).
+    sample_share : float, default=1.0
+        Weight of the sample covariance in the whitened one, as in
+        :meth:`PositionMoments.cholesky_factors`: ``(n - 1) / (n - 1 + w)``.
+
+    Returns
+    -------
+    u_loo : torch.Tensor of shape (..., dim)
+        The vectors whitened by their leave-one-out Gaussians.
+    log_det : torch.Tensor of shape (...)
+        What to add to the in-sample whitening's ``log |det|``.
+    """
+    a = sample_share * n / (n - 1) ** 2
+    u = u.double()
+    # Rounding can put a training vector just past the downdate's limit.
+    remaining = (1 - a * u.square().cumsum(-1)).clamp_min(1e-12)
+    before = torch.cat([torch.ones_like(remaining[..., :1]), remaining[..., :-1]], -1)
+    u_loo = u / (before * remaining).sqrt() * (n / (n - 1))
+    return u_loo, -0.5 * remaining[..., -1].log()
