@@ -2,6 +2,11 @@
 
 Gudovskiy, Ishizaka and Kozuka, "CFLOW-AD: Real-Time Unsupervised Anomaly
 Detection with Localization via Conditional Normalizing Flows", WACV 2022.
+
+One departure from the paper, on by default and off with ``whiten=False``:
+each position's features are whitened by a Gaussian fitted there before the
+flow, so the flow refines a per-position Gaussian instead of learning every
+position's statistics from a positional encoding.
 """
 
 import contextlib
@@ -27,6 +32,10 @@ _MIN_PROB = 1e-300
 # Ridge of the whitening covariances, as PaDiM's default: it keeps them
 # invertible when there are fewer training images than channels.
 _WHITEN_REG = 0.01
+# Weight, in images per channel, of the whitening covariances' prior (the
+# level's pooled covariance): covariances of few images would otherwise
+# whiten new images to outliers.
+_PRIOR_IMAGES_PER_CHANNEL = 1.0
 # Training steps per round of the early-stopping check: single steps' losses
 # are too noisy to compare.
 _ROUND = 10
@@ -228,9 +237,7 @@ class CFlowAD(BaseDetector):
                 moments = PositionMoments(height * width, dim, self.device_)
                 for chunk in fibers.split(self.batch_size):
                     moments.update(chunk.flatten(1, 2))
-                # A prior worth as many images as channels: covariances of
-                # few images would otherwise whiten new images to outliers.
-                self.whitening_[level].initialize(moments, _WHITEN_REG, prior_weight=dim)
+                self.whitening_[level].initialize(moments, _WHITEN_REG, _prior_weight(dim))
             losses = self._train(level, fibers, generator)
             self.n_iter_.append(len(losses))
             self.loss_curve_.append(losses)
@@ -369,7 +376,8 @@ class CFlowAD(BaseDetector):
             x, log_det = self.whitening_[level](x), self.whitening_[level].log_det()
             n = leave_one_out_of
             if n is not None and n >= 3:
-                x, shift = leave_one_out_whitened(x, n, sample_share=(n - 1) / (n - 1 + dim))
+                share = (n - 1) / (n - 1 + _prior_weight(dim))
+                x, shift = leave_one_out_whitened(x, n, sample_share=share)
                 x, log_det = x.float(), log_det + shift.float()
         biases = self._biases(level, n_positions, height, width)
         flow = self.flows_[level]
@@ -438,6 +446,10 @@ def aggregate_likelihoods(log_probs, maxima, size):
     # function of S, so it ranks every pixel and image exactly as S does,
     # without the rounding; the floor keeps it finite.
     return -torch.log(total.clamp_min(_MIN_PROB) / len(log_probs))
+
+
+def _prior_weight(dim):
+    return _PRIOR_IMAGES_PER_CHANNEL * dim
 
 
 def _warmup_cosine(n_steps):

@@ -25,8 +25,9 @@ def test_round_trip_is_bit_identical(fitted_pipeline, synthetic, tmp_path):
     assert detector.device_ == torch.device("cpu")
 
 
-def test_detector_alone_round_trips(synthetic, extractor, train_features, test_features, tmp_path):
-    model = FAST_DETECTORS["cflow"]().fit(train_features)
+@pytest.mark.parametrize("whiten", [True, False])
+def test_detector_alone_round_trips(train_features, test_features, tmp_path, whiten):
+    model = FAST_DETECTORS["cflow"](whiten=whiten).fit(train_features)
     save(model, tmp_path / "cflow.skcflow")
     loaded = load(tmp_path / "cflow.skcflow")
     assert loaded.feature_shapes_ == model.feature_shapes_
