@@ -226,3 +226,11 @@ def test_half_precision_inference_changes_maps_by_rounding_only(fitted, train_fe
     assert maps.dtype == np.float32 and np.isfinite(maps).all()
     assert not np.array_equal(maps, expected)
     np.testing.assert_allclose(maps, expected, rtol=0, atol=0.01 * np.ptp(expected))
+
+
+def test_large_whitening_warns(train_features, monkeypatch):
+    import skcflow.cflow
+
+    monkeypatch.setattr(skcflow.cflow, "_WHITEN_WARN_BYTES", 1000)
+    with pytest.warns(UserWarning, match="whiten=False"):
+        CFlowAD(**{**FAST, "max_iter": 2}).fit(train_features)
