@@ -237,26 +237,20 @@ class CFlowAD(BaseDetector):
             _warn_if_whitening_is_large(self.feature_shapes_)
         self.whitening_ = self._make_whitening()
         self._cache_biases = {}
-        self.n_iter_, self.loss_curve_, self.log_prob_max_ = [], [], []
+        self.n_iter_, self.loss_curve_ = [], []
         for level, (flow, fmap) in enumerate(zip(self.flows_, features.maps)):
             # Channels-last once, so that sampling fibers never copies the maps.
             fibers = fmap.to(self.device_).permute(0, 2, 3, 1).contiguous()
             if self.whitening_ is not None:
-                _, height, width, dim = fibers.shape
-                moments = PositionMoments(height * width, dim, self.device_)
-                for chunk in fibers.split(self.batch_size):
-                    moments.update(chunk.flatten(1, 2))
-                self.whitening_[level].initialize(moments, _WHITEN_REG, _prior_weight(dim))
+                moments = PositionMoments.of(c.flatten(1, 2) for c in fibers.split(self.batch_size))
+                self.whitening_[level].initialize(moments, _WHITEN_REG, _prior_weight(fibers.shape[-1]))
             losses = self._train(level, fibers, generator)
             self.n_iter_.append(len(losses))
             self.loss_curve_.append(losses)
             flow.eval()
-            with torch.inference_mode():
-                log_prob = torch.cat([
-                    self._log_prob(level, chunk, leave_one_out_of=len(fibers))
-                    for chunk in fibers.split(self.batch_size)
-                ])
-            self.log_prob_max_.append(float(log_prob.max()))
+        # Kept until fit sets the thresholds from the same training maps.
+        self._cache_training_log_probs = self._training_log_probs(features)
+        self.log_prob_max_ = [float(log_prob.max()) for log_prob in self._cache_training_log_probs]
 
     def _make_flows(self, generator=None):
         return nn.ModuleList(
@@ -411,15 +405,31 @@ class CFlowAD(BaseDetector):
             for level, fmap in enumerate(features.maps)
         ]
 
-    def _batch_maps(self, features, leave_one_out_of=None):
+    def _batch_maps(self, features):
         return aggregate_likelihoods(
-            self._level_log_probs(features, leave_one_out_of), self.log_prob_max_, self.input_size_)
+            self._level_log_probs(features), self.log_prob_max_, self.input_size_)
+
+    def _training_log_probs(self, features):
+        """Per level, the training images' log-likelihoods ``(N, H_k, W_k)``.
+
+        A training image helped fit the whitening it is scored with, so its
+        in-sample values would understate how anomalous new normal images
+        look: each is left out of it.
+        """
+        with torch.inference_mode():
+            batches = [
+                self._level_log_probs(features[start : start + self.batch_size], len(features))
+                for start in range(0, len(features), self.batch_size)
+            ]
+        return [torch.cat(levels) for levels in zip(*batches)]
 
     def _training_maps(self, features):
-        # A training image helped fit the whitening it is scored with, so its
-        # in-sample maps would understate how anomalous new normal images look.
-        return self._iter_batches(
-            features, lambda batch, rows: self._batch_maps(batch, self.n_train_samples_))
+        log_probs = self.__dict__.pop("_cache_training_log_probs", None)
+        if log_probs is None:
+            log_probs = self._training_log_probs(features)
+        return self._iter_batches(features, lambda batch, rows: aggregate_likelihoods(
+            [log_prob[rows.start : rows.stop] for log_prob in log_probs],
+            self.log_prob_max_, self.input_size_))
 
     def _fitted_tensors(self):
         modules = [self.flows_] if self.whitening_ is None else [self.flows_, self.whitening_]

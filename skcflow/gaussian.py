@@ -9,6 +9,9 @@ import torch
 # Positions whose covariances are factorised at once: bounds the float64
 # intermediates to this many d x d matrices, whatever the image size.
 _POSITION_CHUNK = 256
+# Rounding can put a training vector just past a leave-one-out downdate's
+# limit, where the downdated covariance would stop being positive definite.
+_MIN_REMAINING = 1e-12
 
 
 class PositionMoments:
@@ -21,6 +24,16 @@ class PositionMoments:
     device : torch.device
         Where the sums live.
     """
+
+    @classmethod
+    def of(cls, batches):
+        """The moments of an iterable of ``(B, P, dim)`` batches."""
+        moments = None
+        for x in batches:
+            if moments is None:
+                moments = cls(x.shape[1], x.shape[2], x.device)
+            moments.update(x)
+        return moments
 
     def __init__(self, n_positions, dim, device):
         # float64: the covariance is a difference, E[xx'] - mm', which
@@ -74,6 +87,28 @@ class PositionMoments:
             yield part, factor
 
 
+def _downdate_weight(n, sample_share):
+    """``a`` of the leave-one-out downdate ``S - a d d'`` of a covariance."""
+    return sample_share * n / (n - 1) ** 2
+
+
+def leave_one_out_squared(squared, n):
+    """Squared Mahalanobis distances of training vectors, each left out of its Gaussian.
+
+    The rank-one downdate of :func:`leave_one_out_whitened`, inverted with
+    Sherman-Morrison: only the norm of the whitened vector is needed.
+
+    Parameters
+    ----------
+    squared : torch.Tensor
+        In-sample squared distances.
+    n : int
+        Number of training vectors per Gaussian (at least 3).
+    """
+    a = _downdate_weight(n, 1.0)
+    return (n / (n - 1)) ** 2 * squared / (1 - a * squared).clamp_min(_MIN_REMAINING)
+
+
 def leave_one_out_whitened(u, n, sample_share=1.0):
     """Whitened training vectors as if each had been left out of its Gaussian.
 
@@ -105,10 +140,9 @@ def leave_one_out_whitened(u, n, sample_share=1.0):
     log_det : torch.Tensor of shape (...)
         What to add to the in-sample whitening's ``log |det|``.
     """
-    a = sample_share * n / (n - 1) ** 2
+    a = _downdate_weight(n, sample_share)
     u = u.double()
-    # Rounding can put a training vector just past the downdate's limit.
-    remaining = (1 - a * u.square().cumsum(-1)).clamp_min(1e-12)
+    remaining = (1 - a * u.square().cumsum(-1)).clamp_min(_MIN_REMAINING)
     before = torch.cat([torch.ones_like(remaining[..., :1]), remaining[..., :-1]], -1)
     u_loo = u / (before * remaining).sqrt() * (n / (n - 1))
     return u_loo, -0.5 * remaining[..., -1].log()

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval
 
 from ._progress import progress
 from .base import BaseDetector, concat_levels, smooth_upsample
-from .gaussian import PositionMoments
+from .gaussian import PositionMoments, leave_one_out_squared
 
 # On a CPU, the inverse covariances scored at once fit in this much cache,
 # so that every image of a batch reuses them instead of streaming them all
@@ -138,13 +138,13 @@ class PaDiM(BaseDetector):
         chosen = torch.randperm(n_channels, generator=generator)[: self.n_features]
         self.channels_ = chosen.sort().values.numpy()
         dim = len(self.channels_)
-        _, height, width = features.shapes[0]
-        moments = PositionMoments(height * width, dim, self.device_)
         starts = range(0, len(features), self.batch_size)
-        for start in progress(starts, self.verbose, desc="fitting", unit="batch"):
-            moments.update(self._embed(features[start : start + self.batch_size]))
+        moments = PositionMoments.of(
+            self._embed(features[start : start + self.batch_size])
+            for start in progress(starts, self.verbose, desc="fitting", unit="batch")
+        )
         self.mean_ = moments.mean().float()
-        self.precision_ = torch.empty(height * width, dim, dim, device=self.device_)
+        self.precision_ = torch.empty(len(self.mean_), dim, dim, device=self.device_)
         for part, factor in moments.cholesky_factors(self.reg):
             self.precision_[part] = torch.cholesky_inverse(factor).float()
 
@@ -183,21 +183,12 @@ class PaDiM(BaseDetector):
     def _training_maps(self, features):
         # A training image helped fit the Gaussians it is scored against, so
         # its distances are optimistic and thresholds set on them flag most
-        # new normal images. Its leave-one-out distances follow in closed
-        # form: removing one vector is a rank-one downdate of the covariance,
-        # which Sherman-Morrison inverts (taking the covariance's divisor as
-        # n - 1 throughout, a relative error of 1 / n).
+        # new normal images; its leave-one-out distances follow in closed form.
         n = self.n_train_samples_
         if n < 3:
             return super()._training_maps(features)
-        shrink = n / (n - 1) ** 2
-
-        def leave_one_out(batch, rows):
-            squared = self._squared_distances(batch)
-            squared = (n / (n - 1)) ** 2 * squared / (1 - shrink * squared).clamp_min(1e-12)
-            return self._map(squared)
-
-        return self._iter_batches(features, leave_one_out)
+        return self._iter_batches(features, lambda batch, rows: self._map(
+            leave_one_out_squared(self._squared_distances(batch), n)))
 
     def _fitted_tensors(self):
         return [self.mean_, self.precision_]

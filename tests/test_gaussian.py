@@ -49,7 +49,8 @@ def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, p
     reg = 1e-3
     moments = _moments(vectors)
     prior = moments.pooled_covariance()
-    u = _whitening(vectors, reg, prior_weight)(vectors)
+    whitening = _whitening(vectors, reg, prior_weight)
+    u = whitening(vectors)
     u_loo, shift = leave_one_out_whitened(u, N, sample_share=(N - 1) / (N - 1 + prior_weight))
     for i in range(N):
         others = torch.cat([vectors[:i], vectors[i + 1 :]])
@@ -64,8 +65,7 @@ def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, p
                 factor, (vectors[i, p] - mean)[:, None], upper=False)[:, 0]
             assert torch.allclose(u_loo[i, p], expected, atol=1e-8)
             log_det = -torch.log(factor.diagonal()).sum()
-            assert torch.isclose(_whitening(vectors, reg, prior_weight).log_det()[p] + shift[i, p],
-                                 log_det, atol=1e-8)
+            assert torch.isclose(whitening.log_det()[p] + shift[i, p], log_det, atol=1e-8)
 
 
 def test_prior_keeps_few_vectors_well_conditioned():
