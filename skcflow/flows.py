@@ -99,11 +99,11 @@ class PositionWhitening(nn.Module):
         self.register_buffer("whitener", torch.eye(dim).repeat(n_positions, 1, 1))
 
     @torch.no_grad()
-    def initialize(self, moments, reg, prior_weight=0):
+    def initialize(self, moments, reg, shrinkage=0.0):
         """Set the map from :class:`~skcflow.gaussian.PositionMoments`
         (see :meth:`~skcflow.gaussian.PositionMoments.cholesky_factors`)."""
         self.mean.copy_(moments.mean())
-        for part, factor in moments.cholesky_factors(reg, prior_weight):
+        for part, factor in moments.cholesky_factors(reg, shrinkage):
             eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
             self.whitener[part] = torch.linalg.solve_triangular(factor, eye, upper=False).to(self.whitener)
 

@@ -53,18 +53,54 @@ class PositionMoments:
         """Mean vector per position, ``(P, dim)`` float64."""
         return self.total / self.count
 
-    def pooled_covariance(self):
-        """Covariance of all vectors whatever their position, ``(dim, dim)``."""
-        n = self.count * len(self.total)
-        mean = self.total.sum(0) / n
-        return (self.outer.sum(0) - n * torch.outer(mean, mean)) / max(n - 1, 1)
+    def _covariances(self, part):
+        """Biased (divisor ``n``) covariances of the positions in ``part``."""
+        m = self.mean()[part]
+        return self.outer[part] / self.count - m[:, :, None] * m[:, None, :]
 
-    def cholesky_factors(self, reg, prior_weight=0):
+    def average_covariance(self):
+        """Mean of the positions' covariances, ``(dim, dim)``, divisor ``n - 1``."""
+        total = sum(self._covariances(part).sum(0) for part in self._parts())
+        return total / len(self.total) * self.count / max(self.count - 1, 1)
+
+    def shrinkage(self, batches):
+        """Ledoit-Wolf intensity of shrinking the covariances to their average.
+
+        The share ``delta`` of :meth:`average_covariance` in
+        ``(1 - delta) S_p + delta S_average`` that minimises the expected
+        squared error of the positions' covariances, estimated from the
+        spread of the vectors' outer products around them (Ledoit and Wolf,
+        "A well-conditioned estimator for large-dimensional covariance
+        matrices", 2004), with one intensity for all positions. It falls
+        as vectors outnumber dimensions: few vectors get mostly the average.
+
+        Parameters
+        ----------
+        batches : iterable of torch.Tensor of shape (B, P, dim)
+            The vectors the moments were accumulated from, again.
+
+        Returns
+        -------
+        delta : float in [0, 1]
+        """
+        mean, n = self.mean(), self.count
+        fourth = sum((x.double() - mean).square().sum(-1).square().sum(0) for x in batches)
+        average = self.average_covariance() * (n - 1) / n
+        spread, distance = 0.0, 0.0
+        for part in self._parts():
+            cov = self._covariances(part)
+            spread += float((fourth[part] / n**2 - cov.square().sum((1, 2)) / n).sum())
+            distance += float((cov - average).square().sum())
+        return min(max(spread / distance, 0.0), 1.0) if distance > 0 else 1.0
+
+    def _parts(self):
+        return [slice(start, start + _POSITION_CHUNK) for start in range(0, len(self.total), _POSITION_CHUNK)]
+
+    def cholesky_factors(self, reg, shrinkage=0.0):
         """Yield ``(positions, L)``: Cholesky factors of the covariances plus ``reg * I``.
 
-        With ``prior_weight=w``, each covariance is the posterior mean under
-        an inverse-Wishart prior centred on the pooled covariance and worth
-        ``w`` vectors: ``((n - 1) S + w S_pooled) / (n - 1 + w)``, which
+        With ``shrinkage=delta``, each covariance is
+        ``(1 - delta) S_p + delta S_average`` (see :meth:`shrinkage`), which
         stays well conditioned when there are few vectors per position.
 
         The sums of outer products are turned into the covariances in place
@@ -73,12 +109,11 @@ class PositionMoments:
         """
         n, mean = self.count, self.mean()
         ridge = reg * torch.eye(mean.shape[1], dtype=torch.float64, device=mean.device)
-        prior = prior_weight * self.pooled_covariance() if prior_weight else 0
-        for start in range(0, len(mean), _POSITION_CHUNK):
-            part = slice(start, start + _POSITION_CHUNK)
+        average = shrinkage * self.average_covariance() if shrinkage else 0
+        for part in self._parts():
             m = mean[part]
             cov = self.outer[part].baddbmm_(m[:, :, None], m[:, None, :], alpha=-n)
-            cov.add_(prior).div_(max(n - 1 + prior_weight, 1)).add_(ridge)
+            cov.div_(max(n - 1, 1)).mul_(1 - shrinkage).add_(average).add_(ridge)
             factor, info = torch.linalg.cholesky_ex(cov)
             if info.any():
                 raise ValueError(
@@ -115,8 +150,8 @@ def leave_one_out_whitened(u, n, sample_share=1.0):
     A training vector helped fit the mean and covariance that whiten it, so
     it looks more normal than a new one. Removing it is a rank-one downdate
     of the covariance, ``S - a d d'`` with ``a = n / (n - 1)**2`` times the
-    share of the covariance that comes from the sample (the rest, a prior,
-    stays). In the
+    share of the covariance that comes from the position's own sample (the
+    rest, the shrinkage target, stays). In the
     whitened coordinates ``w = L^-1 d`` (``u`` here), the Cholesky factor of
     ``I - a w w'`` whitens ``w`` to ``w_j / sqrt((1 - a s_(j-1)) (1 - a s_j))``
     with ``s_j`` the partial sums of ``w**2``: the sequential conditional
@@ -130,8 +165,8 @@ def leave_one_out_whitened(u, n, sample_share=1.0):
     n : int
         Number of training vectors per Gaussian (at least 3).
     sample_share : float, default=1.0
-        Weight of the sample covariance in the whitened one, as in
-        :meth:`PositionMoments.cholesky_factors`: ``(n - 1) / (n - 1 + w)``.
+        Weight of the sample covariance in the whitened one: ``1 - delta``
+        for :meth:`PositionMoments.cholesky_factors`'s ``shrinkage=delta``.
 
     Returns
     -------

@@ -20,7 +20,7 @@ from torch import nn
 from ._version import __version__
 
 FORMAT = "skcflow-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _classes():
@@ -74,11 +74,15 @@ def _describe(estimator, prefix, tensors):
             ],
         }
     params = {k: _json_value(v, f"parameter {k!r}") for k, v in estimator.get_params().items()}
-    fitted, modules, arrays = {}, [], []
+    fitted, modules, arrays, tensor_lists = {}, [], [], {}
     for key, value in vars(estimator).items():
         if key.startswith("_") or not key.endswith("_"):
             continue
-        if isinstance(value, nn.Module):
+        if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+            tensor_lists[key] = len(value)
+            for i, t in enumerate(value):
+                tensors[f"{prefix}{key}.{i}"] = t.detach().cpu()
+        elif isinstance(value, nn.Module):
             modules.append(key)
             for k, t in value.state_dict().items():
                 tensors[f"{prefix}{key}.{k}"] = t.detach().cpu()
@@ -89,7 +93,8 @@ def _describe(estimator, prefix, tensors):
             tensors[f"{prefix}{key}"] = torch.from_numpy(np.ascontiguousarray(value))
         else:
             fitted[key] = _json_value(value, f"fitted attribute {key!r}")
-    return {"class": name, "params": params, "fitted": fitted, "modules": modules, "arrays": arrays}
+    return {"class": name, "params": params, "fitted": fitted, "modules": modules, "arrays": arrays,
+            "tensor_lists": tensor_lists}
 
 
 def _rebuild(description, prefix, tensors):
@@ -113,6 +118,8 @@ def _rebuild(description, prefix, tensors):
     for key, tensor in own.items():
         if "." not in key and key not in description["arrays"]:
             setattr(estimator, key, tensor)
+    for key, length in description.get("tensor_lists", {}).items():
+        setattr(estimator, key, [own[f"{key}.{i}"] for i in range(length)])
     for key, module in estimator._empty_modules().items():
         state = {k[len(key) + 1:]: t for k, t in own.items() if k.startswith(key + ".")}
         module.load_state_dict(state)
@@ -184,6 +191,14 @@ def load(path):
             raise ValueError(
                 f"format version {header['format_version']} is newer than this skcflow "
                 f"({__version__}) reads; upgrade skcflow."
+            )
+        if header["format_version"] < FORMAT_VERSION:
+            # Version 1 predates CFlowAD's n_levels and neighborhood: its
+            # models would load with today's defaults and score differently.
+            raise ValueError(
+                f"format version {header['format_version']} was written by an older skcflow "
+                f"whose models this one ({__version__}) would rebuild differently; fit and "
+                "save the model again."
             )
         return _rebuild(header["model"], "", content["tensors"])
     except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as exc:

@@ -39,19 +39,73 @@ def test_scores_follow_sklearn_conventions(fitted, test_features):
 
 
 def test_map_ranks_pixels_as_the_papers_aggregation(fitted, test_features):
-    # S = K - sum_k upsample(P_k), computed independently in float64.
+    # S = K - sum_k upsample(P_k), computed independently in float64, each
+    # level's P_k relative to its best training vector at the same position.
     batch = test_features[:3]
     total = 0
-    for level, fmap in enumerate(batch.maps):
+    for level, fmap in enumerate(fitted._levels(batch)):
         with torch.inference_mode():
             log_prob = fitted._log_prob(level, fmap.permute(0, 2, 3, 1).contiguous()).double()
+        log_prob = log_prob.view(3, *fmap.shape[-2:])
         prob = torch.exp((log_prob - fitted.log_prob_max_[level]).clamp(max=0))
-        prob = prob.view(3, 1, *fmap.shape[-2:])
-        total = total + torch.nn.functional.interpolate(prob, size=(64, 64), mode="bilinear")[:, 0]
-    paper = (len(batch.maps) - total).numpy()
+        total = total + torch.nn.functional.interpolate(prob[:, None], size=(64, 64), mode="bilinear")[:, 0]
+    n_levels = len(fitted.levels_)
+    paper = (n_levels - total).numpy()
     ours = fitted.anomaly_map(batch)
-    np.testing.assert_allclose(ours, -np.log(1 - paper / len(batch.maps)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours, -np.log(1 - paper / n_levels), rtol=1e-5, atol=1e-6)
     assert (ours >= 0).all()
+
+
+def test_probabilities_are_relative_to_each_positions_best_training_vector(train_features, fitted):
+    training = fitted._training_log_probs(train_features)
+    for level, (maximum, log_prob) in enumerate(zip(fitted.log_prob_max_, training)):
+        _, height, width = fitted.feature_shapes_[fitted.levels_[level]]
+        assert maximum.shape == (height, width)
+        assert torch.equal(maximum, log_prob.amax(0))
+        # Positions differ in how concentrated their densities are.
+        assert maximum.max() - maximum.min() > 0.1
+
+
+@pytest.mark.parametrize("n_levels, expected", [(None, [0, 1, 2]), (7, [0, 1, 2]), (1, [2])])
+def test_n_levels_keeps_the_coarsest_levels(train_features, test_features, n_levels, expected):
+    model = CFlowAD(**{**FAST, "max_iter": 2, "n_levels": n_levels}).fit(train_features)
+    assert model.levels_ == expected
+    assert [flow.dim for flow in model.flows_] == [train_features.shapes[k][0] for k in expected]
+    assert model.anomaly_map(test_features).shape == (len(test_features), 64, 64)
+
+
+def test_default_models_the_two_coarsest_levels(fitted, train_features):
+    assert len(train_features.maps) == 3 and fitted.levels_ == [1, 2]
+
+
+def test_neighborhood_averages_each_vector_with_its_neighbours(fitted, train_features):
+    batch = train_features[:2]
+    for index, averaged in zip(fitted.levels_, fitted._levels(batch)):
+        fmap = batch.maps[index]
+        assert averaged.shape == fmap.shape
+        torch.testing.assert_close(averaged[..., 2, 3], fmap[..., 1:4, 2:5].mean((-2, -1)))
+        # Borders average the neighbours that exist.
+        torch.testing.assert_close(averaged[..., 0, 0], fmap[..., :2, :2].mean((-2, -1)))
+    plain = clone(fitted).set_params(neighborhood=1)
+    plain.levels_ = fitted.levels_
+    for index, same in zip(plain.levels_, plain._levels(batch)):
+        assert same is batch.maps[index]
+
+
+def test_few_training_images_still_rank_anomalies(synthetic, train_features, test_features):
+    # Six images for 112 channels: the whitening leans on the level's
+    # average covariance, and maps stay informative rather than at the floor.
+    model = CFlowAD(**FAST).fit(train_features[:6])
+    assert min(model.shrinkage_) > 0.3
+    maps = model.anomaly_map(test_features)
+    normal = synthetic.test.target == 0
+    assert np.isfinite(maps).all() and maps[normal].max() < 100
+    assert image_auroc(synthetic.test.target, -model.score_samples(test_features)) > 0.8
+
+
+def test_neighborhood_must_be_odd(train_features):
+    with pytest.raises(ValueError, match="odd"):
+        CFlowAD(**{**FAST, "neighborhood": 2}).fit(train_features)
 
 
 def test_anomalous_images_score_lower(fitted, synthetic, test_features):
@@ -70,7 +124,7 @@ def test_thresholds_come_from_leave_one_out_training_maps(train_features, fitted
 
 
 def test_without_whitening_it_is_the_papers_decoder(train_features, test_features, fitted):
-    plain = CFlowAD(whiten=False, **FAST).fit(train_features)
+    plain = CFlowAD(whiten=False, n_levels=None, neighborhood=1, **FAST).fit(train_features)
     assert plain.whitening_ is None
     flow_bytes = sum(t.numel() * t.element_size() for t in plain.flows_.state_dict().values())
     assert plain.model_size_bytes_ == flow_bytes < fitted.model_size_bytes_
@@ -143,7 +197,8 @@ def test_clone_and_params():
 
 @pytest.mark.parametrize("params", [{"n_coupling_layers": 0}, {"clamp": -1.0},
                                     {"activation": "tanh"}, {"contamination": 0.9},
-                                    {"learning_rate": 0.0}])
+                                    {"learning_rate": 0.0}, {"n_levels": 0},
+                                    {"neighborhood": 0}])
 def test_invalid_parameters(params, train_features):
     with pytest.raises(InvalidParameterError):
         CFlowAD(**{**FAST, **params}).fit(train_features)
@@ -179,7 +234,7 @@ def test_rotation_augmentation_trains(train_features, test_features):
 
 def test_n_epochs_sets_the_budget(train_features):
     model = CFlowAD(**{**FAST, "n_epochs": 1, "max_iter": 10_000}).fit(train_features)
-    n_fibers = [len(train_features) * h * w for _, h, w in train_features.shapes]
+    n_fibers = [len(train_features) * h * w for _, h, w in train_features.shapes[1:]]
     assert model.n_iter_ == [int(np.ceil(n / 256)) for n in n_fibers]
 
 
@@ -187,7 +242,7 @@ def test_early_stopping_on_converged_loss(train_features):
     budget = {**FAST, "max_iter": 400, "learning_rate": 1e-3}
     full = CFlowAD(**budget).fit(train_features)
     early = CFlowAD(**budget, tol=0.05, n_iter_no_change=2).fit(train_features)
-    assert full.n_iter_ == [400, 400, 400]
+    assert full.n_iter_ == [400, 400]
     assert all(n < 400 and n % 10 == 0 for n in early.n_iter_)
     # The loss it stopped at is near the full run's.
     for short, long in zip(early.loss_curve_, full.loss_curve_):

@@ -23,9 +23,9 @@ def _moments(x):
     return moments
 
 
-def _whitening(x, reg=1e-3, prior_weight=0):
+def _whitening(x, reg=1e-3, shrinkage=0.0):
     whitening = PositionWhitening(P, D).double()
-    whitening.initialize(_moments(x), reg, prior_weight)
+    whitening.initialize(_moments(x), reg, shrinkage)
     return whitening
 
 
@@ -44,22 +44,21 @@ def test_whitening_of_an_image_does_not_depend_on_its_batch(vectors):
     assert torch.equal(whitening(vectors[3:4]), whitening(vectors)[3:4])
 
 
-@pytest.mark.parametrize("prior_weight", [0, 7])
-def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, prior_weight):
+@pytest.mark.parametrize("shrinkage", [0.0, 0.4])
+def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, shrinkage):
     reg = 1e-3
-    moments = _moments(vectors)
-    prior = moments.pooled_covariance()
-    whitening = _whitening(vectors, reg, prior_weight)
+    average = _moments(vectors).average_covariance()
+    whitening = _whitening(vectors, reg, shrinkage)
     u = whitening(vectors)
-    u_loo, shift = leave_one_out_whitened(u, N, sample_share=(N - 1) / (N - 1 + prior_weight))
+    u_loo, shift = leave_one_out_whitened(u, N, sample_share=1 - shrinkage)
     for i in range(N):
         others = torch.cat([vectors[:i], vectors[i + 1 :]])
         for p in range(P):
             # The leave-one-out scatter, with the full set's divisor (n - 1)
-            # and prior, as the closed form takes them.
+            # and shrinkage target, as the closed form takes them.
             mean = others[:, p].mean(0)
             scatter = (others[:, p] - mean).T @ (others[:, p] - mean)
-            cov = (scatter + prior_weight * prior) / (N - 1 + prior_weight)
+            cov = (1 - shrinkage) * scatter / (N - 1) + shrinkage * average
             factor = torch.linalg.cholesky(cov + reg * torch.eye(D, dtype=torch.float64))
             expected = torch.linalg.solve_triangular(
                 factor, (vectors[i, p] - mean)[:, None], upper=False)[:, 0]
@@ -68,22 +67,48 @@ def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, p
             assert torch.isclose(whitening.log_det()[p] + shift[i, p], log_det, atol=1e-8)
 
 
-def test_prior_keeps_few_vectors_well_conditioned():
+def test_average_covariance_is_the_mean_of_the_positions(vectors):
+    expected = torch.stack([torch.cov(vectors[:, p].T) for p in range(P)]).mean(0)
+    assert torch.allclose(_moments(vectors).average_covariance(), expected, atol=1e-10)
+
+
+def test_shrinkage_is_ledoit_wolfs_intensity(vectors):
+    # Computed directly: the spread of each vector's outer product around
+    # its position's (biased) covariance, over the distance to the average.
+    spread, distance = 0.0, 0.0
+    covs = [torch.cov(vectors[:, p].T, correction=0) for p in range(P)]
+    average = torch.stack(covs).mean(0)
+    for p, cov in enumerate(covs):
+        centred = vectors[:, p] - vectors[:, p].mean(0)
+        spread += sum(((x[:, None] * x[None, :] - cov) ** 2).sum() for x in centred) / N**2
+        distance += ((cov - average) ** 2).sum()
+    expected = min(float(spread / distance), 1.0)
+    assert 0 < expected < 1
+    assert _moments(vectors).shrinkage(vectors.split(5)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_shrinkage_keeps_few_vectors_well_conditioned():
     torch.manual_seed(1)
     positions, dim = 32, 20
-    few = torch.randn(4, positions, dim, dtype=torch.float64)
-    new = torch.randn(50, positions, dim, dtype=torch.float64)
-    mean_squares = []
-    for prior_weight in (0, dim):
-        moments = PositionMoments(positions, dim, torch.device("cpu"))
-        moments.update(few)
-        whitening = PositionWhitening(positions, dim).double()
-        whitening.initialize(moments, 0.01, prior_weight)
-        mean_squares.append(whitening(new).square().mean())
+    # Each position has its own scales, so its own covariance is the best
+    # estimate once vectors are many.
+    scales = torch.rand(positions, dim, dtype=torch.float64) * 2 + 0.5
+    new = torch.randn(50, positions, dim, dtype=torch.float64) * scales
+    mean_squares, intensities = {}, {}
+    for n in (4, 2000):
+        sample = torch.randn(n, positions, dim, dtype=torch.float64) * scales
+        moments = PositionMoments.of(sample.split(500))
+        intensities[n] = moments.shrinkage(sample.split(500))
+        for shrinkage in (0.0, intensities[n]):
+            whitening = PositionWhitening(positions, dim).double()
+            whitening.initialize(PositionMoments.of(sample.split(500)), 0.01, shrinkage)
+            mean_squares[n, shrinkage] = float(whitening(new).square().mean())
     # Four vectors span 3 of 20 directions per position: new ones look like
-    # outliers to those covariances, not once the pooled one (128 vectors)
-    # fills the other directions.
-    assert mean_squares[0] > 20 and mean_squares[1] < 3
+    # outliers to those covariances, not once they are mostly the average
+    # over positions (128 vectors). Many vectors need little of it.
+    assert intensities[4] > 0.5 and intensities[2000] < 0.1
+    assert mean_squares[4, 0.0] > 20 and mean_squares[4, intensities[4]] < 3
+    assert abs(mean_squares[2000, intensities[2000]] - 1) < 0.1
 
 
 def test_non_positive_definite_covariance_is_refused():

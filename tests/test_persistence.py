@@ -1,3 +1,4 @@
+import json
 import pickle
 import zipfile
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from skcflow import PaDiM, load, save
+from skcflow.persistence import FORMAT_VERSION
 
 from conftest import FAST_DETECTORS
 
@@ -31,7 +33,24 @@ def test_detector_alone_round_trips(train_features, test_features, tmp_path, whi
     save(model, tmp_path / "cflow.skcflow")
     loaded = load(tmp_path / "cflow.skcflow")
     assert loaded.feature_shapes_ == model.feature_shapes_
+    assert loaded.levels_ == model.levels_
+    for ours, theirs in zip(loaded.log_prob_max_, model.log_prob_max_):
+        assert torch.equal(ours, theirs)
     np.testing.assert_array_equal(loaded.anomaly_map(test_features), model.anomaly_map(test_features))
+
+
+@pytest.mark.parametrize("version, message", [(FORMAT_VERSION + 1, "upgrade skcflow"),
+                                              (FORMAT_VERSION - 1, "fit and save the model again")])
+def test_other_format_versions_are_refused(fitted_pipeline, tmp_path, version, message):
+    path = tmp_path / "model.skcflow"
+    save(fitted_pipeline, path)
+    content = torch.load(path, weights_only=True)
+    header = json.loads(content["header"])
+    header["format_version"] = version
+    content["header"] = json.dumps(header)
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=message):
+        load(path)
 
 
 def test_pickled_objects_are_refused(tmp_path, train_features):
