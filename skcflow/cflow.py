@@ -162,7 +162,7 @@ class CFlowAD(BaseDetector):
     flows_ : torch.nn.ModuleList
         One :class:`~skcflow.flows.ConditionalFlow` per modelled level.
     whitening_ : torch.nn.ModuleList or None
-        One :class:`~skcflow.flows.PositionWhitening` per level, or None
+        One :class:`~skcflow.flows.PositionWhitening` per modelled level, or None
         when ``whiten=False``.
     log_prob_max_ : list of torch.Tensor of shape (H_k, W_k)
         Per level and position, the highest training log-likelihood per
@@ -288,12 +288,11 @@ class CFlowAD(BaseDetector):
             # Channels-last once, so that sampling fibers never copies the maps.
             fibers = fmap.to(self.device_).permute(0, 2, 3, 1).contiguous()
             if self.whitening_ is not None:
-                def batches():
-                    return (c.flatten(1, 2) for c in fibers.split(self.batch_size))
-                moments = PositionMoments.of(batches())
+                batches = [c.flatten(1, 2) for c in fibers.split(self.batch_size)]
+                moments = PositionMoments.of(batches)
                 # Covariances of few images would whiten new images to
                 # outliers: shrink them towards the level's average.
-                self.shrinkage_.append(moments.shrinkage(batches()))
+                self.shrinkage_.append(moments.shrinkage(batches))
                 self.whitening_[level].initialize(moments, _WHITEN_REG, self.shrinkage_[-1])
             losses = self._train(level, fibers, generator)
             self.n_iter_.append(len(losses))

@@ -94,7 +94,8 @@ class PositionMoments:
         return min(max(spread / distance, 0.0), 1.0) if distance > 0 else 1.0
 
     def _parts(self):
-        return [slice(start, start + _POSITION_CHUNK) for start in range(0, len(self.total), _POSITION_CHUNK)]
+        starts = range(0, len(self.total), _POSITION_CHUNK)
+        return [slice(start, start + _POSITION_CHUNK) for start in starts]
 
     def cholesky_factors(self, reg, shrinkage=0.0):
         """Yield ``(positions, L)``: Cholesky factors of the covariances plus ``reg * I``.
