@@ -98,7 +98,8 @@ class CFlowAD(BaseDetector):
         of the training vectors there before the flow (an exact, fixed
         affine layer of the flow). A positional encoding alone lets a flow
         learn such position-specific statistics only slowly: on MTD magnetic
-        tiles at 256 px, image AUROC goes from 0.69 to 0.92. ``False`` is the
+        tiles at 256 px, image / pixel AUROC go from 0.856 / 0.755 to
+        0.958 / 0.798 (bottle: 0.999 / 0.986 to 1.000 / 0.986). ``False`` is the
         paper's decoder, whose only normalisation is a learned global one.
         The whitening holds ``H_k * W_k * D_k**2`` floats per level: 19 MB
         for the default two levels of ``efficientnet_lite0`` at 256 px,
