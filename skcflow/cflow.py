@@ -273,8 +273,8 @@ class CFlowAD(BaseDetector):
             raise ValueError(f"condition_dim must be a multiple of 4; got {self.condition_dim}.")
         if self.neighborhood % 2 == 0:
             raise ValueError(f"neighborhood must be odd; got {self.neighborhood}.")
-        n_levels = len(self.feature_shapes_)
-        self.levels_ = list(range(max(0, n_levels - (self.n_levels or n_levels)), n_levels))
+        available = len(self.feature_shapes_)
+        self.levels_ = list(range(max(0, available - (self.n_levels or available)), available))
         seed = self._seed()
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):

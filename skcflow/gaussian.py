@@ -55,7 +55,7 @@ class PositionMoments:
 
     def _covariances(self, part):
         """Biased (divisor ``n``) covariances of the positions in ``part``."""
-        m = self.mean()[part]
+        m = self.total[part] / self.count
         return self.outer[part] / self.count - m[:, :, None] * m[:, None, :]
 
     def average_covariance(self):
