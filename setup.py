@@ -28,6 +28,9 @@ setup(
         "joblib",
         "pandas",
         "pillow",
+        "safetensors",
+        "tifffile",
+        "imagecodecs",
         "tqdm",
     ],
     extras_require={

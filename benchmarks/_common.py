@@ -15,10 +15,20 @@ import torch
 
 from skcflow import FeatureExtractor, load_mvtec
 
+# Read when a benchmark starts: what else was running before it loaded the cores.
+LOAD_AT_START = os.getloadavg()
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 CATEGORIES = {"bottle": DATA / "mvtec_ad", "magnetic_tile": DATA / "mtd"}
+
+
+def timed(function, *args):
+    """``(result, seconds)`` of one call."""
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
 
 
 def best_time(function, repeats):
@@ -46,6 +56,9 @@ def machine_description():
         f"scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, "
         f"torch {torch.__version__}",
         f"- Date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        "- Load average (1, 5, 15 min) when the run started: "
+        + " / ".join(f"{v:.2f}" for v in LOAD_AT_START)
+        + "; when it ended: " + " / ".join(f"{v:.2f}" for v in os.getloadavg()),
     ]
 
 
@@ -56,6 +69,17 @@ def write_results(path, title, description, table_lines):
              f"- Peak resident memory of the run: {peak_gb:.2f} GB", "", *table_lines, ""]
     Path(path).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def markdown_table(rows, columns):
+    """Markdown lines of ``rows`` (dicts), scores to 4 decimals, other floats to 1."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        lines.append("| " + " | ".join(
+            f"{c:.4f}" if isinstance(c, float) and c < 1 else
+            f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    return lines
 
 
 def category_parser(description, results_name):

@@ -11,20 +11,13 @@ Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
 """
 
 import sys
-import time
 
-from _common import category_parser, data_missing, load_category, write_results
+from _common import category_parser, data_missing, load_category, markdown_table, timed, write_results
 
 import skcflow
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
 
 MODELS = {"cflow": "CFlowAD", "padim": "PaDiM", "spade": "SPADE"}
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    result = function(*args)
-    return result, time.perf_counter() - start
 
 
 def evaluate(category, models, image_size, seed):
@@ -54,16 +47,8 @@ def evaluate(category, models, image_size, seed):
     return rows
 
 
-def markdown(rows):
-    columns = ["category", "model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
-               "inference images/s", "fitted MB"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [row.get(c, "") for c in columns]
-        lines.append("| " + " | ".join(
-            f"{c:.4f}" if isinstance(c, float) and c < 1 else
-            f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells) + " |")
-    return lines
+COLUMNS = ["category", "model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
+           "inference images/s", "fitted MB"]
 
 
 def main(argv=None):
@@ -81,7 +66,7 @@ def main(argv=None):
         f"{args.image_size} px, default detector parameters, random_state={args.seed}. "
         "Inference images/s is end to end (encoder + detector) on the test split."
     ), [
-        *markdown(rows),
+        *markdown_table(rows, COLUMNS),
     ])
     return 0
 

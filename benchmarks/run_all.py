@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_aupro.py", "bench_accuracy.py", "bench_levels.py", "bench_speed.py"]
+SCRIPTS = ["bench_aupro.py", "bench_accuracy.py", "bench_levels.py", "bench_speed.py",
+           "bench_aspect.py"]
 
 
 def main():

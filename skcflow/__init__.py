@@ -4,6 +4,7 @@ CFLOW-AD (:class:`CFlowAD`) beside the :class:`PaDiM` and :class:`SPADE`
 baselines, all fed by one :class:`FeatureExtractor`.
 """
 
+from . import metrics, model_selection
 from ._version import __version__
 from .cflow import CFlowAD
 from .datasets import load_images, load_mvtec, make_defects
@@ -26,5 +27,7 @@ __all__ = [
     "load_mvtec",
     "make_defects",
     "make_pipeline",
+    "metrics",
+    "model_selection",
     "save",
 ]

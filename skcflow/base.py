@@ -24,8 +24,10 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import resolve_device
+from ._fitted import device, integer, optional, real, sequence, shape
 from ._progress import progress
-from .features import Features
+from .features import IDENTITY, Features
+from .geometry import restore
 
 
 def upsample(maps, size):
@@ -44,9 +46,11 @@ def gaussian_blur(maps, sigma):
     ``scipy.ndimage.gaussian_filter`` (the PaDiM and SPADE reference code)
     does, but on the maps' device. Maps are convolved one at a time: the
     convolution picks its algorithm by batch size, which would make a map
-    depend, by a few ulps, on the batch it came in.
+    depend, by a few ulps, on the batch it came in. On maps smaller than
+    the kernel, the kernel is truncated at the map's size (a reflection
+    cannot reach further).
     """
-    radius = int(4 * sigma + 0.5)
+    radius = min(int(4 * sigma + 0.5), maps.shape[-1] - 1, maps.shape[-2] - 1)
     offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -181,9 +185,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             # training images gets a non-empty mask as is flagged anomalous.
             maxima = self._scores(self._training_maps(features))
             self.pixel_threshold_ = float(np.quantile(maxima, 1 - self.contamination))
-        self.model_size_bytes_ = sum(
-            t.numel() * t.element_size() for t in self._fitted_tensors()
-        )
+        self.model_size_bytes_ = self._model_size()
         return self
 
     @abstractmethod
@@ -201,6 +203,34 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     def _empty_modules(self):
         """Unfitted ``nn.Module`` attributes, for :func:`skcflow.load` to fill."""
         return {}
+
+    def _fitted_schema(self):
+        """The plain fitted attributes and what each must be (see :mod:`skcflow._fitted`)."""
+        return {
+            "feature_shapes_": sequence(shape(3)),
+            "frame_size_": shape(2),
+            "extractor_identity_": optional(IDENTITY),
+            "device_": device(),
+            "n_train_samples_": integer(1),
+            "offset_": real(),
+            "pixel_threshold_": real(),
+            "model_size_bytes_": integer(0),
+        }
+
+    @abstractmethod
+    def _fitted_tensor_specs(self):
+        """Shape and dtype of each fitted tensor, from the parameters and the
+        plain fitted attributes: ``{name: TensorSpec or list of them}``."""
+
+    def _model_size(self):
+        return sum(t.numel() * t.element_size() for t in self._fitted_tensors())
+
+    def _check_fitted(self):
+        """What is inconsistent in a loaded fitted state, or None."""
+        size = self._model_size()
+        if size != self.model_size_bytes_:
+            return f"model_size_bytes_ is {self.model_size_bytes_} but its tensors hold {size} bytes."
+        return None
 
     def _batch_scores(self, features):
         """Image anomaly scores ``(B,)`` of a small batch: the maps' maxima.
@@ -233,11 +263,26 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             raise ValueError("no images were given (empty input).")
         if reset:
             self.feature_shapes_ = X.shapes
-            self.input_size_ = X.input_size
-        elif X.shapes != self.feature_shapes_:
+            self.frame_size_ = X.frame_size
+            self.extractor_identity_ = X.extractor
+            return X
+        if X.shapes != self.feature_shapes_ or X.frame_size != self.frame_size_:
             raise ValueError(
-                f"features have shapes {X.shapes} but the model was fitted on "
-                f"{self.feature_shapes_}: use the same backbone, layers and image_size."
+                f"features have shapes {X.shapes} from a frame of {X.frame_size} pixels, but "
+                f"the model was fitted on {self.feature_shapes_} from {self.frame_size_}: use "
+                "the same backbone, layers and image_size."
+            )
+        fitted = self.extractor_identity_
+        if fitted is not None and X.extractor is not None and X.extractor != fitted:
+            differences = "; ".join(
+                f"{key} {X.extractor.get(key)!r} instead of {fitted.get(key)!r}"
+                for key in sorted(set(fitted) | set(X.extractor))
+                if X.extractor.get(key) != fitted.get(key)
+            )
+            raise ValueError(
+                f"these features come from another feature extractor than the one "
+                f"{type(self).__name__} was fitted on ({differences}); score features of "
+                "the fitted extractor (a pipeline keeps the two together)."
             )
         return X
 
@@ -274,6 +319,11 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     def anomaly_map(self, X):
         """Per-pixel anomaly maps, higher where more anomalous.
 
+        Maps are computed on the extractor's frame, then taken back to the
+        images given (a letterbox's padding cut off, then resized
+        bilinearly), so they overlay them exactly; image scores come from
+        the frame's maps and so do not depend on the size of the images.
+
         Parameters
         ----------
         X : Features
@@ -285,7 +335,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """
         check_is_fitted(self)
         X = self._check_features(X)
-        return torch.cat(list(self._iter_maps(X))).numpy()
+        return torch.cat(list(self._iter_batches(X, lambda batch, rows: restore(
+            self._batch_maps(batch), X.input_size, X.frame_size, X.keep_aspect)))).numpy()
 
     def score_samples(self, X):
         """Opposite of the image anomaly score (by default the map's maximum).

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
+from ._fitted import TensorSpec, integer, none, real, sequence
 from ._progress import progress
 from .base import BaseDetector, upsample
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
@@ -273,8 +274,7 @@ class CFlowAD(BaseDetector):
             raise ValueError(f"condition_dim must be a multiple of 4; got {self.condition_dim}.")
         if self.neighborhood % 2 == 0:
             raise ValueError(f"neighborhood must be odd; got {self.neighborhood}.")
-        available = len(self.feature_shapes_)
-        self.levels_ = list(range(max(0, available - (self.n_levels or available)), available))
+        self.levels_ = self._modelled_levels()
         seed = self._seed()
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
@@ -307,6 +307,10 @@ class CFlowAD(BaseDetector):
         # per level would let the most concentrated positions decide how
         # every other position's likelihoods turn into probabilities.
         self.log_prob_max_ = [log_prob.amax(0) for log_prob in self._cache_training_log_probs]
+
+    def _modelled_levels(self):
+        available = len(self.feature_shapes_)
+        return list(range(max(0, available - (self.n_levels or available)), available))
 
     def _level_shapes(self):
         return [self.feature_shapes_[k] for k in self.levels_]
@@ -472,7 +476,7 @@ class CFlowAD(BaseDetector):
 
     def _batch_maps(self, features):
         return aggregate_likelihoods(
-            self._level_log_probs(features), self.log_prob_max_, self.input_size_)
+            self._level_log_probs(features), self.log_prob_max_, self.frame_size_)
 
     def _training_log_probs(self, features):
         """Per level, the training images' log-likelihoods ``(N, H_k, W_k)``.
@@ -494,11 +498,41 @@ class CFlowAD(BaseDetector):
             log_probs = self._training_log_probs(features)
         return self._iter_batches(features, lambda batch, rows: aggregate_likelihoods(
             [log_prob[rows.start : rows.stop] for log_prob in log_probs],
-            self.log_prob_max_, self.input_size_))
+            self.log_prob_max_, self.frame_size_))
 
     def _fitted_tensors(self):
         modules = [self.flows_] if self.whitening_ is None else [self.flows_, self.whitening_]
         return [t for module in modules for t in module.state_dict().values()]
+
+    def _fitted_schema(self):
+        schema = {
+            **super()._fitted_schema(),
+            "levels_": sequence(integer()),
+            "shrinkage_": sequence(real(0, 1)),
+            "n_iter_": sequence(integer()),
+            "loss_curve_": sequence(sequence(real())),
+        }
+        if not self.whiten:
+            schema["whitening_"] = none()
+        return schema
+
+    def _fitted_tensor_specs(self):
+        return {"log_prob_max_": [TensorSpec(self.feature_shapes_[k][1:], torch.float32)
+                                  for k in self.levels_]}
+
+    def _check_fitted(self):
+        n_levels = len(self.levels_)
+        if self.levels_ != self._modelled_levels():
+            return f"levels_ {self.levels_} are not the levels n_levels={self.n_levels} models."
+        if (len(self.shrinkage_) != (n_levels if self.whiten else 0) or len(self.n_iter_) != n_levels
+                or [len(c) for c in self.loss_curve_] != self.n_iter_):
+            return "shrinkage_, n_iter_ and loss_curve_ do not match the modelled levels."
+        for flow in self.flows_:
+            order = torch.arange(flow.dim).expand_as(flow.perms)
+            if not (torch.equal(flow.perms.sort(1).values, order)
+                    and torch.equal(flow.perms.gather(1, flow.inverse_perms), order)):
+                return "a flow's permutations are not permutations and their inverses."
+        return super()._check_fitted()
 
 
 def aggregate_likelihoods(log_probs, maxima, size):

@@ -36,24 +36,33 @@ def _detector(name, args):
 def _extractor(args, image_size):
     from .features import FeatureExtractor
 
-    return FeatureExtractor(backbone=args.backbone, image_size=image_size, device=args.device,
-                            verbose=int(not args.quiet))
+    return FeatureExtractor(backbone=args.backbone, image_size=image_size,
+                            keep_aspect=args.keep_aspect, bit_depth=args.bit_depth,
+                            device=args.device, verbose=int(not args.quiet))
+
+
+def _size_text(size):
+    return f"{size} px" if isinstance(size, int) else f"{size[0]}x{size[1]} px"
 
 
 def _dataset(args):
-    """``(train, test, description)``: an MVTec category or the synthetic default."""
+    """``(train, test, size, description)``: an MVTec category or the synthetic default."""
     from .datasets import load_mvtec, make_defects
 
     if args.root or args.category:
         if not (args.root and args.category):
             raise ValueError("give both --root and --category for an MVTec-layout dataset.")
         size = args.image_size or 256
-        train = load_mvtec(args.root, args.category, split="train", image_size=size)
-        test = load_mvtec(args.root, args.category, split="test", image_size=size)
-        return train, test, f"{args.category} ({args.root}), {size} px"
+        train = load_mvtec(args.root, args.category, split="train", image_size=size,
+                           keep_aspect=args.keep_aspect)
+        test = load_mvtec(args.root, args.category, split="test", image_size=size,
+                          keep_aspect=args.keep_aspect)
+        return train, test, size, f"{args.category} ({args.root}), {_size_text(size)}"
     size = args.image_size or 128
+    if not isinstance(size, int):
+        raise ValueError("the synthetic data is square: give --image-size as one number.")
     data = make_defects(image_size=size, random_state=args.seed)
-    return data.train, data.test, f"embedded synthetic defects, {size} px"
+    return data.train, data.test, size, f"embedded synthetic defects, {_size_text(size)}"
 
 
 def _timed(function, *args):
@@ -68,10 +77,10 @@ def compare(args):
     from . import report
     from .metrics import aupro, image_auroc, pixel_auroc
 
-    train, test, description = _dataset(args)
+    train, test, size, description = _dataset(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    extractor = _extractor(args, train.images.shape[1]).fit()
+    extractor = _extractor(args, size).fit(train.images)
     train_features = extractor.transform(train.images)
     test_features, encode_seconds = _timed(extractor.transform, test.images)
     n_test = len(test.images)
@@ -82,29 +91,32 @@ def compare(args):
         maps, map_seconds = _timed(detector.anomaly_map, test_features)
         scores = -detector.score_samples(test_features)
         model = type(detector).__name__
+        # Without ground-truth masks the pixel metrics are not available
+        # (NaN, shown as n/a), rather than computed against empty masks.
+        known = test.masks is not None
         rows.append({
             "model": model,
             "image AUROC": image_auroc(test.target, scores),
-            "pixel AUROC": pixel_auroc(test.masks, maps),
-            "AUPRO": aupro(test.masks, maps),
+            "pixel AUROC": pixel_auroc(test.masks, maps) if known else np.nan,
+            "AUPRO": aupro(test.masks, maps) if known else np.nan,
             "fit s": fit_seconds,
             "inference images/s": n_test / (encode_seconds + map_seconds),
             "fitted MB": detector.model_size_bytes_ / 1e6,
         })
         fpr, tpr, _ = roc_curve(test.target, scores)
         curves[model] = (fpr, tpr, rows[-1]["image AUROC"])
-        panels += _case_panels(out, model, test, maps, scores, detector)
+        panels += _case_panels(out, model, test, maps, scores, detector, extractor.bit_depth_)
     table = report.results_table(rows)
     table.to_csv(out / "results.csv", index=False)
     report.save_roc(out / "roc.png", curves)
     report.write_index(str(out), f"skcflow comparison: {description}", table, panels)
     print(f"skcflow compare on {description}: {len(train.images)} train, {n_test} test images")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a"))
     print(f"report: {out / 'index.html'}")
     return 0
 
 
-def _case_panels(out, model, test, maps, scores, detector):
+def _case_panels(out, model, test, maps, scores, detector, bit_depth):
     """Panels of the best and worst cases of one model.
 
     Best: the most confidently detected defect. Worst: the defect scored
@@ -125,26 +137,30 @@ def _case_panels(out, model, test, maps, scores, detector):
     for label, index in cases:
         name = f"{model}_{len(panels)}.png"
         caption = f"{model}, {label}: {test.filenames[index]} (score {scores[index]:.3g})"
-        report.save_panel(out / name, test.images[index], test.masks[index], maps[index],
-                          maps[index] > detector.pixel_threshold_, 0.0, vmax, caption)
+        mask = None if test.masks is None else test.masks[index]
+        report.save_panel(out / name, report.to_display(test.images[index], bit_depth), mask,
+                          maps[index], maps[index] > detector.pixel_threshold_, 0.0, vmax, caption)
         panels.append((caption, name))
     return panels
 
 
 def fit(args):
     from .datasets import load_images, load_mvtec
-    from .persistence import save
+    from .persistence import check_destination, save
     from .pipeline import make_pipeline
 
+    # Before any training: a bad destination fails now, not after the fit.
+    check_destination(args.out)
+    size = args.image_size or 256
     if args.images:
-        images = load_images(args.images, image_size=args.image_size or 256,
-                             errors=_errors(args)).images
+        images = load_images(args.images, image_size=size, errors=_errors(args),
+                             keep_aspect=args.keep_aspect).images
     elif args.root and args.category:
-        images = load_mvtec(args.root, args.category, split="train",
-                            image_size=args.image_size or 256).images
+        images = load_mvtec(args.root, args.category, split="train", image_size=size,
+                            keep_aspect=args.keep_aspect).images
     else:
         raise ValueError("give --images DIR, or --root DIR and --category NAME.")
-    pipe = make_pipeline(_extractor(args, images.shape[1]), _detector(args.model, args))
+    pipe = make_pipeline(_extractor(args, size), _detector(args.model, args))
     _, seconds = _timed(pipe.fit, images)
     save(pipe, args.out)
     print(f"fitted {type(pipe[-1]).__name__} on {len(images)} images in {seconds:.1f} s; "
@@ -153,29 +169,44 @@ def fit(args):
 
 
 def score(args):
+    """Scores, heat-map overlays and predicted masks, at each file's own size.
+
+    Images are read into the model's frame, scored there, and their maps
+    taken back to the file's pixel grid (:func:`skcflow.geometry.restore`),
+    so overlays and masks line up with the original files.
+    """
     from PIL import Image
 
     from . import report
     from .datasets import load_images
+    from .geometry import restore_one
+    from .readers import read_image
 
     pipe = _load_pipeline(args.model)
-    detector = pipe[-1]
-    data = load_images(args.images, image_size=pipe[0].image_size, errors=_errors(args))
-    maps = pipe.anomaly_map(data.images)
-    scores = -pipe.score_samples(data.images)
-    labels = pipe.predict(data.images)
+    extractor, detector = pipe[0], pipe[-1]
+    data = load_images(args.images, image_size=extractor.frame_size_, errors=_errors(args),
+                       keep_aspect=extractor.keep_aspect)
+    features = pipe[:-1].transform(data.images)
+    maps = detector.anomaly_map(features)
+    scores = -detector.score_samples(features)
+    # predict's rule, on the scores already computed.
+    labels = np.where(-scores - detector.offset_ >= 0, 1, -1)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
     vmax = 2 * detector.pixel_threshold_
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "score", "label"])
         for i, (path, s, label) in enumerate(zip(data.filenames, scores, labels)):
             writer.writerow([path, f"{s:.6g}", "anomalous" if label == -1 else "normal"])
-            picture = report.overlay(data.images[i], maps[i], 0.0, vmax)
-            Image.fromarray(picture).save(out / f"{i:04d}_{Path(path).stem}.png")
+            own = restore_one(maps[i], data.sizes[i], extractor.frame_size_, extractor.keep_aspect)
+            image = report.to_display(read_image(path), extractor.bit_depth_)
+            stem = f"{i:04d}_{Path(path).stem}"
+            Image.fromarray(report.overlay(image, own, 0.0, vmax)).save(out / f"{stem}.png")
+            mask = (own > detector.pixel_threshold_).astype(np.uint8) * 255
+            Image.fromarray(mask).save(out / "masks" / f"{stem}_mask.png")
     print(f"scored {len(scores)} images ({int((labels == -1).sum())} anomalous); "
-          f"results in {out / 'scores.csv'}")
+          f"results in {out / 'scores.csv'}, overlays and masks at each file's size")
     return 0
 
 
@@ -184,23 +215,33 @@ def _errors(args):
     return "skip" if args.skip_bad_files else "raise"
 
 
-def _load_pipeline(path):
-    from .persistence import load
+def _load_pipeline(path, with_file=False):
+    from .persistence import read_model_file
     from .pipeline import AnomalyPipeline
 
-    pipe = load(path)
-    if not isinstance(pipe, AnomalyPipeline):
-        raise ValueError(f"{path} holds a {type(pipe).__name__}, not a pipeline written by "
+    file = read_model_file(path)
+    if not isinstance(file.model, AnomalyPipeline):
+        raise ValueError(f"{path} holds a {type(file.model).__name__}, not a pipeline written by "
                          "'skcflow fit'.")
-    return pipe
+    return file if with_file else file.model
 
 
 def info(args):
-    pipe = _load_pipeline(args.model)
+    file = _load_pipeline(args.model, with_file=True)
+    pipe, provenance = file.model, file.provenance
     extractor, detector = pipe[0], pipe[-1]
+    print(f"integrity: verified (SHA-256 {file.sha256}), format version {file.format_version}")
+    print(f"saved: {provenance.get('saved')} by skcflow {provenance.get('skcflow')}, torch "
+          f"{provenance.get('torch')}, numpy {provenance.get('numpy')}, Python "
+          f"{provenance.get('python')}")
+    print(f"encoder weights: SHA-256 {extractor.identity_['weights_sha256']} "
+          f"({extractor.weights if isinstance(extractor.weights, str) else 'random'}); input "
+          f"normalisation mean {_numbers(extractor.identity_['mean'])}, std "
+          f"{_numbers(extractor.identity_['std'])}")
     print(f"method: {type(detector).__name__}")
     print(f"backbone: {extractor.backbone}, layers {list(extractor.layers_)}, "
-          f"image size {extractor.image_size}")
+          f"image size {_size_text(extractor.image_size)}"
+          f"{' (aspect kept)' if extractor.keep_aspect else ''}, {extractor.bit_depth_}-bit")
     print(f"trained on: {detector.n_train_samples_} images")
     print(f"image threshold (offset_): {detector.offset_:.6g}; "
           f"pixel threshold: {detector.pixel_threshold_:.6g}")
@@ -210,10 +251,50 @@ def info(args):
     return 0
 
 
+def image_size(text):
+    """``"256"`` or ``"256x640"`` (height x width) as an ``image_size``."""
+    from .features import _MAX_SIDE
+
+    parts = text.lower().split("x")
+    try:
+        sides = [int(part) for part in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or not 32 <= min(sides, default=0) <= max(sides) <= _MAX_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an image size: give one number of pixels or HEIGHTxWIDTH, "
+            f"each at least 32 and at most {_MAX_SIDE} (e.g. 256 or 256x640)."
+        )
+    return sides[0] if len(sides) == 1 else tuple(sides)
+
+
+def bit_depth(text):
+    """``"auto"`` or one of the bit depths the extractor takes."""
+    from .features import _BIT_DEPTHS
+
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) in _BIT_DEPTHS:
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a bit depth: give auto or one of {', '.join(map(str, _BIT_DEPTHS))}."
+    )
+
+
+def _numbers(values):
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 def _add_model_options(parser):
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="pixels (default 256; 128 for the synthetic data)")
+    parser.add_argument("--image-size", type=image_size, default=None,
+                        help="pixels, or HEIGHTxWIDTH such as 256x640 (default 256; 128 for "
+                             "the synthetic data)")
+    parser.add_argument("--keep-aspect", action="store_true",
+                        help="letterbox images into the image size instead of stretching them")
+    parser.add_argument("--bit-depth", type=bit_depth, default="auto",
+                        help="bits per sample of the camera: 8, 10, 12, 14, 16 or auto (8 for "
+                             "8-bit files, 16 for 16-bit ones)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-iter", type=int, default=500, help="CFlowAD steps per level")
     parser.add_argument("--epochs", type=float, default=None,

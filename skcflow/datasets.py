@@ -6,8 +6,11 @@
 - :func:`make_defects` generates synthetic textured surfaces with injected
   defects, so that examples and tests have data on any machine.
 
-All three return images as ``uint8`` arrays of shape ``(n, size, size, 3)``
-and, where there is ground truth, masks as ``uint8`` arrays of 0 and 1.
+All three return images as arrays of shape ``(n, height, width, 3)``:
+``uint8``, or ``uint16`` where the files hold 16 bits per sample (TIFF and
+PNG from 10 to 16-bit cameras), never reduced to 8 bits; and, where there
+is ground truth, masks as ``uint8`` arrays of 0 and 1. Files are read by
+:mod:`skcflow.readers`.
 
 Nothing is silently dropped: a file that is not an image (other than hidden
 files, whose name starts with ``"."``), an image that cannot be decoded and a
@@ -25,34 +28,17 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.utils import Bunch, check_random_state
 
+from .geometry import frame_shape, placement
+from .readers import UnusableFileError, read_image, read_mask
+
 __all__ = ["load_images", "load_mvtec", "make_defects"]
-
-_IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png")
-
-# What Pillow raises for a file it cannot decode: UnidentifiedImageError and
-# "image file is truncated" are OSErrors; some plugins raise SyntaxError or
-# ValueError on corrupt headers. Truncated files are only detected because
-# this module never enables ``ImageFile.LOAD_TRUNCATED_IMAGES``.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 _DEFECT_KINDS = ("scratch", "spot", "crack", "blob")
 
 
-class _UnusableFileError(ValueError):
-    """A file that cannot be used as an image: not an image, or undecodable."""
-
-
 def _check_image_size(image_size):
-    if image_size is None:
-        return
-    if (
-        not isinstance(image_size, numbers.Integral)
-        or isinstance(image_size, bool)
-        or image_size < 1
-    ):
-        raise ValueError(
-            f"image_size must be a positive int or None, got {image_size!r}."
-        )
+    """``(height, width)`` of a loader's ``image_size``, or None to keep sizes."""
+    return None if image_size is None else frame_shape(image_size)
 
 
 def _visible_entries(folder):
@@ -63,76 +49,84 @@ def _visible_entries(folder):
     )
 
 
-def _read_image(path, image_size, mask=False):
-    """Read one image (or mask) file, the only place where files are decoded.
+def _resize(array, size, mask):
+    """Resize an ``(H, W)`` or ``(H, W, 3)`` array to ``size`` ``(height, width)``.
 
-    Returns ``(array, original_size)`` with ``original_size`` as PIL's
-    ``(width, height)``. Images become ``uint8`` RGB ``(S, S, 3)``; masks
-    become ``uint8`` ``(S, S)`` of 0 and 1. EXIF orientation is ignored on
-    purpose: masks are drawn on the stored pixel grid, so rotating an image
-    would misalign it from its mask.
+    NEAREST keeps masks binary. For images, Pillow's BILINEAR widens its
+    kernel when shrinking (antialiasing), like torchvision's Resize with
+    antialias=True that ImageNet backbones are usually fed with, and unlike
+    LANCZOS it cannot overshoot into halos at sharp edges. Pillow resizes
+    16-bit images one channel at a time, in 16 bits.
     """
-    if not path.is_file():
-        if path.exists():
-            raise _UnusableFileError(f"{path} is not a regular file, so not an image.")
-        raise FileNotFoundError(f"Image file not found: {path}")
-    if path.suffix.lower() not in _IMAGE_EXTENSIONS:
-        raise _UnusableFileError(
-            f"{path} is not an image file (supported extensions: "
-            f"{', '.join(_IMAGE_EXTENSIONS)}); remove it, or hide it by "
-            "starting its name with '.'."
-        )
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            original_size = opened.size
-            if mask:
-                # Pillow clips 16-bit values to 255 here, which keeps every
-                # non-zero mask value non-zero.
-                converted = opened.convert("L")
-            elif opened.mode.startswith("I;16"):
-                # Pillow clips 16-bit grey levels to 255 instead of rescaling
-                # them, which would turn most 16-bit images white.
-                converted = Image.fromarray(
-                    (np.asarray(opened) >> 8).astype(np.uint8)
-                ).convert("RGB")
-            else:
-                converted = opened.convert("RGB")
-    except FileNotFoundError:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise _UnusableFileError(f"Cannot read image {path}: {exc}") from exc
-    if image_size is not None and converted.size != (image_size, image_size):
-        # NEAREST keeps masks binary. For images, Pillow's BILINEAR widens its
-        # kernel when shrinking (antialiasing), like torchvision's Resize
-        # with antialias=True that ImageNet backbones are usually fed with,
-        # and unlike LANCZOS it cannot overshoot into halos at sharp edges.
-        resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-        converted = converted.resize((image_size, image_size), resample)
-    array = np.asarray(converted)
+    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+    target = (size[1], size[0])
+    if array.dtype == np.uint16 and array.ndim == 3:
+        return np.stack([_resize(array[..., c], size, mask) for c in range(3)], -1)
+    return np.asarray(Image.fromarray(array).resize(target, resample))
+
+
+def _into_frame(array, frame, keep_aspect, mask=False):
+    """``array`` resized into the frame (see :mod:`skcflow.geometry`)."""
+    top, left, height, width = placement(array.shape[:2], frame, keep_aspect)
+    if array.shape[:2] != (height, width):
+        array = _resize(array, (height, width), mask)
+    bottom, right = frame[0] - top - height, frame[1] - left - width
+    if top or left or bottom or right:
+        pad = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
+        array = np.pad(array, pad)
+    return array
+
+
+def _read_image(path, frame, keep_aspect=False, mask=False):
+    """Read one image (or mask) file into the frame.
+
+    Returns ``(array, original_size)`` with ``original_size`` as
+    ``(height, width)``. Images become RGB ``(H, W, 3)`` of their own dtype
+    (grey ones repeated over the channels); masks become ``uint8`` ``(H, W)``
+    of 0 and 1. ``frame=None`` keeps the file's size.
+    """
     if mask:
-        array = (array > 0).astype(np.uint8)
+        array = read_mask(path).astype(np.uint8)
+    else:
+        array = read_image(path)
+    original_size = array.shape[:2]
+    if frame is not None:
+        array = _into_frame(array, frame, keep_aspect, mask)
+    if not mask and array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
     return array, original_size
 
 
 def _stack_images(images, filenames):
-    """Stack equally sized arrays; unequal sizes only happen with image_size=None."""
-    shapes = {}
-    for image, filename in zip(images, filenames):
-        shapes.setdefault(image.shape[:2], filename)
-    if len(shapes) > 1:
-        examples = "; ".join(
-            f"{w}x{h} ({name})" for (h, w), name in list(shapes.items())[:3]
-        )
-        raise ValueError(
-            f"With image_size=None all images must have the same size, but "
-            f"{len(shapes)} sizes were found, e.g. {examples}. Pass "
-            "image_size=<int> to resize them to a common square size."
-        )
+    """Stack arrays of one size and dtype; sizes differ only with image_size=None."""
+    for what, key, hint in (
+        ("sizes", lambda image: image.shape[:2],
+         "Pass image_size=<int> or (height, width) to resize them to a common size."),
+        ("bit depths", lambda image: image.dtype,
+         "Convert the files to one bit depth."),
+    ):
+        kinds = {}
+        for image, filename in zip(images, filenames):
+            kinds.setdefault(key(image), filename)
+        if len(kinds) > 1:
+            examples = "; ".join(
+                f"{_describe(kind)} ({name})" for kind, name in list(kinds.items())[:3]
+            )
+            raise ValueError(
+                f"Images must share one size and bit depth to be stacked, but {len(kinds)} "
+                f"{what} were found, e.g. {examples}. {hint}"
+                + (" Sizes are height x width." if what == "sizes" else "")
+            )
     return np.stack(images)
 
 
-def load_mvtec(root, category, split="train", image_size=256):
+def _describe(kind):
+    if isinstance(kind, tuple):
+        return f"{kind[0]}x{kind[1]}"
+    return f"{np.iinfo(kind).bits}-bit"
+
+
+def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False):
     """Load one category of a dataset in the MVTec AD folder layout.
 
     The layout is::
@@ -142,8 +136,12 @@ def load_mvtec(root, category, split="train", image_size=256):
         <root>/<category>/ground_truth/<defect>/<stem>_mask.png
 
     Every folder under ``<split>`` is a defect type; ``"good"`` holds normal
-    images. Each image outside ``good`` needs its mask, whose non-zero pixels
-    are anomalous. Images are sorted by defect folder name, then file name.
+    images. Where ``ground_truth`` exists, each image outside ``good`` needs
+    its mask, whose non-zero pixels are anomalous. Where the category has no
+    ``ground_truth`` folder at all (defective images without pixel masks),
+    the test split has image labels only and ``masks`` is ``None``:
+    unknown, not empty. Images are sorted by defect folder name, then file
+    name.
 
     Parameters
     ----------
@@ -153,35 +151,45 @@ def load_mvtec(root, category, split="train", image_size=256):
         Category folder name, e.g. ``"bottle"``.
     split : {"train", "test"}, default="train"
         Which split to load.
-    image_size : int or None, default=256
-        Images and masks are resized to ``image_size x image_size`` (images
-        bilinearly with antialiasing, masks with nearest neighbour). ``None``
-        keeps the original size, which all images must then share.
+    image_size : int, (height, width) or None, default=256
+        Images and masks are resized to ``image_size x image_size``, or to
+        ``(height, width)`` (images bilinearly with antialiasing, masks with
+        nearest neighbour, so masks follow images exactly). ``None`` keeps
+        the original size, which all images must then share.
+    keep_aspect : bool, default=False
+        Scale each image to fit inside ``image_size`` with its aspect ratio
+        kept, centred on zero padding (see :mod:`skcflow.geometry`), instead
+        of stretching it; use the same setting on the
+        :class:`~skcflow.FeatureExtractor`.
 
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
         With attributes
 
-        - ``images``: ``uint8`` array of shape ``(n, S, S, 3)``, RGB
-          (grayscale, palette and RGBA images are converted, alpha dropped);
+        - ``images``: array of shape ``(n, H, W, 3)``, RGB (grayscale,
+          palette and RGBA images are converted, alpha dropped), ``uint8``,
+          or ``uint16`` for 16-bit files;
         - ``target``: ``int`` array of shape ``(n,)``, 0 for ``good`` images
           and 1 for images in a defect folder (even if their mask is empty);
-        - ``masks``: ``uint8`` array of shape ``(n, S, S)`` of 0 and 1, all
-          zeros for ``good`` images;
+        - ``masks``: ``uint8`` array of shape ``(n, H, W)`` of 0 and 1, all
+          zeros for ``good`` images; ``None`` when the category has no
+          ground truth;
         - ``defect_type``: list of ``n`` defect folder names;
         - ``filenames``: list of ``n`` full image paths;
+        - ``sizes``: list of ``n`` original ``(height, width)``;
         - ``DESCR``: a short description.
 
     Raises
     ------
     FileNotFoundError
         If the root, category or split folder, or the mask of a defective
-        image, is missing.
+        image (where there is a ground_truth folder), is missing.
     ValueError
         If ``split`` or ``image_size`` is invalid, a visible file is not an
         image, an image cannot be decoded, a mask's size differs from its
-        image's, no image is found, or sizes differ with ``image_size=None``.
+        image's, no image is found, or sizes or bit depths differ (sizes
+        only with ``image_size=None``).
 
     Warns
     -----
@@ -200,7 +208,7 @@ def load_mvtec(root, category, split="train", image_size=256):
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    _check_image_size(image_size)
+    frame = _check_image_size(image_size)
     category_dir = Path(root) / category
     split_dir = category_dir / split
     for folder, what in ((Path(root), "Root"), (category_dir, "Category"),
@@ -208,8 +216,9 @@ def load_mvtec(root, category, split="train", image_size=256):
         if not folder.is_dir():
             raise FileNotFoundError(f"{what} folder not found: {folder}")
     ground_truth_dir = category_dir / "ground_truth"
+    has_ground_truth = ground_truth_dir.is_dir()
 
-    images, masks, defect_type, filenames, used_masks = [], [], [], [], set()
+    images, masks, defect_type, filenames, sizes, used_masks = [], [], [], [], [], set()
     vanished = []
     for defect_dir in _visible_entries(split_dir):
         if not defect_dir.is_dir():
@@ -219,8 +228,8 @@ def load_mvtec(root, category, split="train", image_size=256):
             )
         defect = defect_dir.name
         for path in _visible_entries(defect_dir):
-            image, size = _read_image(path, image_size)
-            if defect == "good":
+            image, size = _read_image(path, frame, keep_aspect)
+            if defect == "good" or not has_ground_truth:
                 mask = np.zeros(image.shape[:2], dtype=np.uint8)
             else:
                 mask_path = ground_truth_dir / defect / f"{path.stem}_mask.png"
@@ -228,37 +237,36 @@ def load_mvtec(root, category, split="train", image_size=256):
                     raise FileNotFoundError(
                         f"Mask {mask_path} of defective image {path} not found."
                     )
-                mask, mask_size = _read_image(mask_path, image_size, mask=True)
+                mask, mask_size = _read_image(mask_path, frame, keep_aspect, mask=True)
                 if mask_size != size:
                     raise ValueError(
-                        f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} but "
-                        f"its image {path} is {size[0]}x{size[1]}."
+                        f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} (height x "
+                        f"width) but its image {path} is {size[0]}x{size[1]}."
                     )
-                if not mask.any() and image_size is not None:
+                if not mask.any() and frame is not None:
                     vanished.append(mask_path)
                 used_masks.add(mask_path)
             images.append(image)
             masks.append(mask)
             defect_type.append(defect)
             filenames.append(str(path))
+            sizes.append(size)
     if not images:
         raise ValueError(f"No images found under {split_dir}.")
     # Nearest-neighbour shrinking can miss every pixel of a thin or tiny
     # defect; an empty mask in the file itself (real in some datasets) is not
     # worth a warning, so re-read the few empty ones at their own size.
-    vanished = [
-        str(p) for p in vanished if _read_image(p, None, mask=True)[0].any()
-    ]
+    vanished = [str(p) for p in vanished if read_mask(p).any()]
     if vanished:
         warnings.warn(
             f"{len(vanished)} non-empty mask(s) became empty when resized to "
-            f"{image_size}x{image_size} (defects too thin or small for that "
+            f"{frame[0]}x{frame[1]} (defects too thin or small for that "
             f"size); their images keep target 1. Pass a larger image_size to "
             f"keep them: {vanished[:5]}",
             UserWarning,
             stacklevel=2,
         )
-    if split == "test" and ground_truth_dir.is_dir():
+    if split == "test" and has_ground_truth:
         unused = [
             str(p)
             for folder in _visible_entries(ground_truth_dir)
@@ -276,22 +284,25 @@ def load_mvtec(root, category, split="train", image_size=256):
 
     images = _stack_images(images, filenames)
     target = np.array([d != "good" for d in defect_type], dtype=int)
+    masks_known = has_ground_truth or not target.any()
     height, width = images.shape[1:3]
     return Bunch(
         images=images,
         target=target,
-        masks=np.stack(masks),
+        masks=np.stack(masks) if masks_known else None,
         defect_type=defect_type,
         filenames=filenames,
+        sizes=sizes,
         DESCR=(
             f"Category {category!r}, {split} split, of the MVTec AD-layout "
             f"dataset in {root}: {len(target)} images ({int(target.sum())} "
-            f"anomalous) of {width}x{height} pixels."
+            f"anomalous) of {height}x{width} pixels (height x width)"
+            + ("." if masks_known else ", without pixel masks (no ground_truth folder).")
         ),
     )
 
 
-def load_images(paths_or_folder, image_size=256, errors="raise"):
+def load_images(paths_or_folder, image_size=256, errors="raise", keep_aspect=False):
     """Load a user's own images.
 
     Parameters
@@ -300,23 +311,30 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
         A folder (all its files, sorted by name; hidden files, whose name
         starts with ``"."``, are ignored), a single image file, or a list of
         image files (kept in the given order). Supported extensions are
-        ``.png``, ``.jpg``, ``.jpeg`` and ``.bmp`` in any case.
-    image_size : int or None, default=256
+        ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif`` and ``.tiff`` in
+        any case; a TIFF must hold one image (a multi-page file is an error
+        naming it).
+    image_size : int, (height, width) or None, default=256
         Images are resized bilinearly, with antialiasing, to
-        ``image_size x image_size``. ``None`` keeps the original size, which
-        all images must then share.
+        ``image_size x image_size`` or ``(height, width)``. ``None`` keeps
+        the original size, which all images must then share.
     errors : {"raise", "skip"}, default="raise"
         What to do with a missing file, a file that is not an image or an
         image that cannot be decoded (e.g. truncated): ``"raise"`` an error
         naming it, or ``"skip"`` it with a :class:`UserWarning` naming it and
         record it in ``skipped``.
+    keep_aspect : bool, default=False
+        Letterbox each image into ``image_size`` instead of stretching it
+        (see :func:`load_mvtec`).
 
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
-        With attributes ``images`` (``uint8``, ``(n, S, S, 3)``, RGB),
-        ``filenames`` (list of ``n`` paths) and ``skipped`` (list of
-        ``(path, reason)`` pairs, empty with ``errors="raise"``).
+        With attributes ``images`` (``(n, H, W, 3)``, RGB, ``uint8``, or
+        ``uint16`` for 16-bit files), ``filenames`` (list of ``n`` paths),
+        ``sizes`` (list of ``n`` original ``(height, width)``) and
+        ``skipped`` (list of ``(path, reason)`` pairs, empty with
+        ``errors="raise"``).
 
     Raises
     ------
@@ -325,11 +343,13 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
         not exist.
     ValueError
         If, with ``errors="raise"``, a file is not a readable image; if no
-        image is loaded; or if sizes differ with ``image_size=None``.
+        image is loaded; or if bit depths differ, or sizes with
+        ``image_size=None``.
 
     Examples
     --------
     >>> import os, tempfile
+    >>> import numpy as np
     >>> from PIL import Image
     >>> from skcflow.datasets import load_images
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -338,12 +358,12 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
     ...     data = load_images(folder, image_size=32)
     >>> data.images.shape, data.images.dtype
     ((2, 32, 32, 3), dtype('uint8'))
-    >>> [os.path.basename(f) for f in data.filenames]
-    ['a.png', 'b.jpg']
+    >>> [os.path.basename(f) for f in data.filenames], data.sizes
+    (['a.png', 'b.jpg'], [(30, 40), (50, 50)])
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}.")
-    _check_image_size(image_size)
+    frame = _check_image_size(image_size)
     single = isinstance(paths_or_folder, (str, bytes)) or hasattr(paths_or_folder, "__fspath__")
     entries = [Path(paths_or_folder)] if single else [Path(p) for p in paths_or_folder]
     source = entries[0] if single else "the given list of paths"
@@ -354,11 +374,11 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
     for entry in entries:
         paths.extend(_visible_entries(entry) if entry.is_dir() else [entry])
 
-    images, filenames, skipped = [], [], []
+    images, filenames, sizes, skipped = [], [], [], []
     for path in paths:
         try:
-            image, _ = _read_image(path, image_size)
-        except (FileNotFoundError, _UnusableFileError) as exc:
+            image, size = _read_image(path, frame, keep_aspect)
+        except (FileNotFoundError, UnusableFileError) as exc:
             if errors == "raise":
                 raise
             skipped.append((str(path), str(exc)))
@@ -366,6 +386,7 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
             continue
         images.append(image)
         filenames.append(str(path))
+        sizes.append(size)
     if not images:
         raise ValueError(
             f"No image could be loaded from {source}"
@@ -374,6 +395,7 @@ def load_images(paths_or_folder, image_size=256, errors="raise"):
     return Bunch(
         images=_stack_images(images, filenames),
         filenames=filenames,
+        sizes=sizes,
         skipped=skipped,
     )
 

@@ -8,18 +8,22 @@ the same container, a :class:`~sklearn.pipeline.Pipeline` with a joblib
 """
 
 import os
+import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import resolve_device
+from ._digest import tensor_digest
+from ._fitted import (boolean, device, integer, mapping, one_of, real, sequence, shape,
+                      text)
 from ._progress import progress
+from .geometry import frame_shape, to_frame
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
 # mean 127 / std 128), not on torchvision's ImageNet statistics.
@@ -47,21 +51,41 @@ class Features:
     input_size : tuple of int
         ``(height, width)`` of the images the features came from: anomaly
         maps are returned at this size.
+    frame_size : tuple of int, default=None
+        ``(height, width)`` the encoder saw the images at (the extractor's
+        ``image_size``), where detectors compute their maps; ``None`` means
+        ``input_size``.
+    keep_aspect : bool, default=False
+        Whether the images were letterboxed into the frame rather than
+        stretched (see :mod:`skcflow.geometry`).
+    extractor : dict, default=None
+        The identity of the extractor that made the features
+        (:attr:`FeatureExtractor.identity_`); a detector refuses features of
+        another extractor than the one it was fitted on. ``None``: unknown.
     """
 
-    def __init__(self, maps, input_size):
+    def __init__(self, maps, input_size, frame_size=None, keep_aspect=False, extractor=None):
         self.maps = tuple(maps)
         self.input_size = tuple(int(s) for s in input_size)
+        self.frame_size = self.input_size if frame_size is None else tuple(int(s) for s in frame_size)
+        self.keep_aspect = bool(keep_aspect)
+        self.extractor = extractor
 
     def __len__(self):
         return self.maps[0].shape[0]
 
     def __getitem__(self, index):
         if isinstance(index, Integral):
-            index = slice(index, index + 1 or None)
+            if not -len(self) <= index < len(self):
+                # Iteration, which Python falls back to through __getitem__,
+                # stops here.
+                raise IndexError(f"index {index} is out of range for {len(self)} images.")
+            index = index % len(self)
+            index = slice(index, index + 1)
         elif not isinstance(index, slice):
             index = torch.as_tensor(np.asarray(index))
-        return Features([m[index] for m in self.maps], self.input_size)
+        return Features([m[index] for m in self.maps], self.input_size, self.frame_size,
+                        self.keep_aspect, self.extractor)
 
     @property
     def shapes(self):
@@ -172,9 +196,10 @@ def build_encoder(backbone, layers, weights):
 def check_images(X):
     """Validate raw images and return them as an ``(N, H, W, 3)`` array.
 
-    Accepts a uint8 array, a float array in ``[0, 1]``, or a scikit-learn
-    ``Bunch`` with an ``images`` field. Conversion to float happens batch by
-    batch later, so that a large uint8 set never exists in float at once.
+    Accepts a uint8 or uint16 array, a float array in ``[0, 1]``, or a
+    scikit-learn ``Bunch`` with an ``images`` field. Conversion to float
+    happens batch by batch later, so that a large integer set never exists
+    in float at once.
     """
     if hasattr(X, "images") and not isinstance(X, np.ndarray):
         X = X.images
@@ -204,10 +229,13 @@ def check_images(X):
         raise ValueError(
             f"images must be an array of shape (n_images, height, width, 3); got shape {X.shape}.{hint}"
         )
-    if X.dtype == np.uint8:
+    if X.dtype in (np.uint8, np.uint16):
         return X
     if not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(f"images must be uint8 or float in [0, 1]; got dtype {X.dtype}.")
+        raise ValueError(
+            f"images must be uint8, uint16 or float in [0, 1]; got dtype {X.dtype}. Convert "
+            "integer camera data to uint16 (with the extractor's bit_depth set to its depth)."
+        )
     if not np.isfinite(X).all():
         raise ValueError("images contain NaN or infinite values.")
     if X.min() < 0 or X.max() > 1:
@@ -218,10 +246,24 @@ def check_images(X):
     return X
 
 
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+# Larger frames would need gigabytes of activations per image: a clear error
+# instead of a MemoryError deep in the encoder.
+_MAX_SIDE = 4096
+
+# What FeatureExtractor.identity_ must be, in model files.
+IDENTITY = mapping(
+    backbone=one_of(*_BACKBONES), layers=sequence(integer()), weights_sha256=text(),
+    image_size=sequence(integer(1), length=2), keep_aspect=boolean(), bit_depth=one_of(*_BIT_DEPTHS),
+    mean=sequence(real()), std=sequence(real()),
+)
+
+
 class FeatureExtractor(TransformerMixin, BaseEstimator):
     """Multi-scale features of a frozen, pretrained CNN.
 
-    The transformer resizes images to ``image_size``, normalises them as the
+    The transformer scales integer images from their sensor's range to
+    ``[0, 1]``, resizes them to ``image_size``, normalises them as the
     backbone's pretraining did and returns the outputs of the chosen blocks
     as a :class:`Features` container, which :class:`~skcflow.CFlowAD`,
     :class:`~skcflow.PaDiM` and :class:`~skcflow.SPADE` consume.
@@ -239,8 +281,26 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         ``layer1``-``layer4`` (default ``(1, 2, 3)``); for
         ``mobilenet_v3_large`` indices of ``features`` (default
         ``(3, 6, 12)``: strides 4, 8, 16).
-    image_size : int, default=256
-        Images are resized to ``image_size x image_size`` before encoding.
+    image_size : int or (height, width), default=256
+        The frame the encoder sees: images are resized to
+        ``image_size x image_size``, or to ``(height, width)`` (each side at
+        least 32 and at most 4096). To keep the aspect ratio of long parts or camera frames,
+        give their shape, e.g. ``(256, 640)`` for 500 x 1250 images, or set
+        ``keep_aspect``.
+    keep_aspect : bool, default=False
+        Scale each image to fit inside the frame with its aspect ratio kept,
+        centred on zero padding (letterboxed), instead of stretching it to
+        the frame. Useful for sets whose images differ in aspect ratio;
+        anomaly maps are cut back to each image either way.
+    bit_depth : {"auto", 8, 10, 12, 14, 16}, default="auto"
+        Bits per sample of the sensor: integer images are divided by
+        ``2**bit_depth - 1``, so that its full range maps to ``[0, 1]``. A
+        12-bit camera's images stored as ``uint16`` (values up to 4095) need
+        ``bit_depth=12``. ``"auto"`` is fixed at ``fit`` from the training
+        images' dtype, never from each image: 8 for ``uint8``, 16 for
+        ``uint16`` (with a warning when their values never exceed 1023,
+        4095 or 16383, naming the likely depth); 8 without images. Float
+        images in ``[0, 1]`` are taken as they are.
     weights : "imagenet", None or path, default="imagenet"
         ``"imagenet"`` loads pretrained weights (torchvision's are downloaded
         into torch's cache where there is internet); ``None`` keeps random
@@ -260,8 +320,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         The device the encoder runs on.
     layers_ : tuple of int
         The resolved pyramid levels.
+    frame_size_ : tuple of int
+        ``(height, width)`` of the frame.
+    bit_depth_ : int
+        The resolved bit depth; integer images must be of the dtype it
+        implies (``uint8`` for 8, ``uint16`` otherwise) and within its range.
     feature_dims_ : list of int
         Channels per level.
+    identity_ : dict
+        What the features depend on: backbone, layers, the SHA-256 of the
+        encoder's weights, frame, letterboxing, bit depth and input
+        normalisation. :class:`Features` carry it, detectors refuse features
+        of another identity, and model files record it.
 
     Examples
     --------
@@ -271,12 +341,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     >>> features = FeatureExtractor(image_size=64, device="cpu").fit_transform(X)
     >>> features.shapes
     [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    >>> camera = np.full((2, 48, 96, 3), 4095, dtype=np.uint16)  # 12-bit, 2:1
+    >>> extractor = FeatureExtractor(image_size=(64, 128), bit_depth=12, device="cpu")
+    >>> extractor.fit(camera).transform(camera).shapes[0]
+    (24, 16, 32)
     """
 
     _parameter_constraints = {
         "backbone": [StrOptions(set(_BACKBONES))],
         "layers": [None, "array-like"],
-        "image_size": [Interval(Integral, 32, None, closed="left")],
+        "image_size": [Interval(Integral, 32, _MAX_SIDE, closed="both"), tuple, list],
+        "keep_aspect": ["boolean"],
+        "bit_depth": [StrOptions({"auto"}), Options(Integral, set(_BIT_DEPTHS))],
         "weights": [None, str, os.PathLike],
         "device": [str, torch.device],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -288,6 +364,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         backbone="efficientnet_lite0",
         layers=None,
         image_size=256,
+        keep_aspect=False,
+        bit_depth="auto",
         weights="imagenet",
         device="auto",
         batch_size=32,
@@ -296,17 +374,23 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.backbone = backbone
         self.layers = layers
         self.image_size = image_size
+        self.keep_aspect = keep_aspect
+        self.bit_depth = bit_depth
         self.weights = weights
         self.device = device
         self.batch_size = batch_size
         self.verbose = verbose
 
     def fit(self, X=None, y=None):
-        """Build the frozen encoder; nothing is learned from ``X``.
+        """Build the frozen encoder and fix the bit depth.
+
+        Nothing else is learned from ``X``.
 
         Parameters
         ----------
-        X : ignored
+        X : images, default=None
+            The training images (as for :meth:`transform`): with
+            ``bit_depth="auto"``, their dtype sets ``bit_depth_``.
         y : ignored
 
         Returns
@@ -314,16 +398,68 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self : FeatureExtractor
         """
         self._validate_params()
+        self.frame_size_ = self._check_frame()
         self.layers_ = self._check_layers()
+        self.bit_depth_ = self._fit_bit_depth(None if X is None else self._images(X))
         self.device_ = resolve_device(self.device)
         self.encoder_ = build_encoder(self.backbone, self.layers_, self.weights).to(self.device_)
-        probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device_)
+        probe = torch.zeros(1, 3, *self.frame_size_, device=self.device_)
         with torch.inference_mode():
             self.feature_dims_ = [f.shape[1] for f in self.encoder_(probe)]
+        self.identity_ = self._identity()
         return self
+
+    def _identity(self):
+        """What makes this extractor's features what they are (see ``identity_``)."""
+        return {
+            "backbone": self.backbone,
+            "layers": list(self.layers_),
+            "weights_sha256": tensor_digest(self.encoder_.state_dict()),
+            "image_size": list(self.frame_size_),
+            "keep_aspect": bool(self.keep_aspect),
+            "bit_depth": self.bit_depth_,
+            "mean": self.encoder_.mean.flatten().tolist(),
+            "std": self.encoder_.std.flatten().tolist(),
+        }
 
     def _empty_modules(self):
         return {"encoder_": build_encoder(self.backbone, self.layers_, None)}
+
+    def _fitted_schema(self):
+        return {
+            "layers_": sequence(integer(), kind=tuple),
+            "frame_size_": shape(2),
+            "bit_depth_": one_of(*_BIT_DEPTHS),
+            "feature_dims_": sequence(integer(1)),
+            "device_": device(),
+            "identity_": IDENTITY,
+        }
+
+    def _fitted_tensor_specs(self):
+        return {}
+
+    def _check_fitted(self):
+        """What is inconsistent in a loaded fitted state, or None."""
+        try:
+            layers, frame = self._check_layers(), self._check_frame()
+        except ValueError as exc:
+            return str(exc)
+        if (self.layers_, self.frame_size_) != (layers, frame) or len(self.feature_dims_) != len(layers):
+            return "its layers_, frame_size_ or feature_dims_ do not follow from its parameters."
+        if self.bit_depth not in ("auto", self.bit_depth_):
+            return f"bit_depth_={self.bit_depth_} contradicts bit_depth={self.bit_depth}."
+        if self.identity_ != self._identity():
+            return "identity_ does not describe its encoder and settings."
+        return None
+
+    def _check_frame(self):
+        frame = frame_shape(self.image_size)
+        if min(frame) < 32 or max(frame) > _MAX_SIDE:
+            raise ValueError(
+                f"image_size={self.image_size!r} is out of range: each side must be at least 32 "
+                f"pixels for the encoder's pyramid, and at most {_MAX_SIDE}."
+            )
+        return frame
 
     def _check_layers(self):
         spec = _BACKBONES[self.backbone]
@@ -339,6 +475,59 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             )
         return layers
 
+    def _fit_bit_depth(self, X):
+        dtype = None if X is None or np.issubdtype(X.dtype, np.floating) else X.dtype
+        if self.bit_depth == "auto":
+            depth = 16 if dtype == np.uint16 else 8
+        else:
+            depth = int(self.bit_depth)
+            if dtype is not None and (dtype == np.uint8) != (depth == 8):
+                raise ValueError(
+                    f"bit_depth={depth} needs {'uint8' if depth == 8 else 'uint16'} images; "
+                    f"the training images are {dtype}."
+                )
+        if dtype == np.uint16:
+            peak = int(X.max())
+            likely = next(d for d in _BIT_DEPTHS[1:] if peak < 2**d)
+            if likely < depth:
+                warnings.warn(
+                    f"the uint16 training images never exceed {peak}: they are likely "
+                    f"{likely}-bit, but are scaled as {depth}-bit (to at most "
+                    f"{peak / (2**depth - 1):.3g} of the range the encoder expects). Pass "
+                    f"bit_depth={likely} (skcflow --bit-depth {likely}) to use their full range.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return depth
+
+    def _check_bit_depth(self, X):
+        if np.issubdtype(X.dtype, np.floating):
+            return
+        expected = np.uint8 if self.bit_depth_ == 8 else np.uint16
+        if X.dtype != expected:
+            raise ValueError(
+                f"the extractor was fitted on {self.bit_depth_}-bit images "
+                f"({np.dtype(expected).name}), so it cannot scale {X.dtype} images the same "
+                f"way; pass {np.dtype(expected).name} images, or fit it on {X.dtype} images."
+            )
+        limit = 2**self.bit_depth_ - 1
+        if X.dtype == np.uint16 and self.bit_depth_ < 16 and (peak := int(X.max())) > limit:
+            raise ValueError(
+                f"image values reach {peak}, beyond the {limit} of the {self.bit_depth_}-bit "
+                "images the extractor was fitted on (bit_depth_); pass images of that camera "
+                "setting, or fit with a larger bit_depth."
+            )
+
+    def _images(self, X):
+        """``X`` as checked images, files read into the frame."""
+        if isinstance(X, (str, os.PathLike)) or (
+            isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike))
+        ):
+            from .datasets import load_images
+
+            X = load_images(X, image_size=self._check_frame(), keep_aspect=self.keep_aspect).images
+        return check_images(X)
+
     def transform(self, X):
         """Encode images.
 
@@ -346,40 +535,31 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         ----------
         X : array of shape (n_images, height, width, 3), list of paths, \
                 folder path, or Bunch
-            uint8 images, float images in ``[0, 1]``, image files (read and
-            resized to ``image_size``), or a Bunch from
-            :mod:`skcflow.datasets`.
+            uint8 or uint16 images, float images in ``[0, 1]``, image files
+            (read into the frame), or a Bunch from :mod:`skcflow.datasets`.
 
         Returns
         -------
         features : Features
             One float32 CPU tensor per level; ``input_size`` is the size of
-            the images given (``image_size`` for files).
+            the images given (the frame for files).
         """
         check_is_fitted(self, "encoder_")
-        if isinstance(X, (str, os.PathLike)) or (
-            isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike))
-        ):
-            from .datasets import load_images
-
-            X = load_images(X, image_size=self.image_size).images
-        X = check_images(X)
+        X = self._images(X)
+        self._check_bit_depth(X)
         levels = [[] for _ in self.layers_]
         starts = range(0, len(X), self.batch_size)
         for start in progress(starts, self.verbose, desc="features", unit="batch"):
             batch = torch.from_numpy(np.ascontiguousarray(X[start : start + self.batch_size]))
             for level, out in zip(levels, self._encode(batch)):
                 level.append(out.float().cpu())
-        return Features([torch.cat(level) for level in levels], X.shape[1:3])
+        return Features([torch.cat(level) for level in levels], X.shape[1:3], self.frame_size_,
+                        self.keep_aspect, self.identity_)
 
     def _encode(self, batch):
-        x = batch.to(self.device_).permute(0, 3, 1, 2).float()
-        if batch.dtype == torch.uint8:
-            x = x / 255
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear",
-                align_corners=False, antialias=True,
-            )
+        x = batch.to(self.device_).float().permute(0, 3, 1, 2)
+        if not batch.dtype.is_floating_point:
+            x = x / (2**self.bit_depth_ - 1)
+        x = to_frame(x, self.frame_size_, self.keep_aspect)
         with torch.inference_mode():
             return self.encoder_(x)

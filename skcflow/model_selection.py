@@ -23,9 +23,11 @@ def predefined_split(train, test):
     -------
     X : ndarray of shape (n_train + n_test, H, W, 3)
         The images, train first.
-    y : ndarray of shape (n_train + n_test, H, W)
+    y : ndarray of shape (n_train + n_test, H, W) or (n_train + n_test,)
         Ground-truth masks (the image label is whether a mask has a positive
-        pixel); detectors fit only on the normal samples of a training fold.
+        pixel), or the image labels where the test set has no masks
+        (``masks=None``; the pixel scorers then say they need masks);
+        detectors fit only on the normal samples of a training fold.
     cv : PredefinedSplit
         One split: train on ``train``, evaluate on ``test``.
 
@@ -44,6 +46,9 @@ def predefined_split(train, test):
             f"{test.images.shape[1:]}: load both at the same image_size."
         )
     X = np.concatenate([train.images, test.images])
-    y = np.concatenate([train.masks, test.masks])
+    if test.masks is None:
+        y = np.concatenate([np.zeros(len(train.images), dtype=int), test.target])
+    else:
+        y = np.concatenate([train.masks, test.masks])
     fold = np.concatenate([np.full(len(train.images), -1), np.zeros(len(test.images), dtype=int)])
     return X, y, PredefinedSplit(fold)

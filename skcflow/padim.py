@@ -9,6 +9,7 @@ from numbers import Integral, Real
 import torch
 from sklearn.utils._param_validation import Interval
 
+from ._fitted import TensorSpec
 from ._progress import progress
 from .base import BaseDetector, concat_levels, smooth_upsample
 from .gaussian import PositionMoments, leave_one_out_squared
@@ -175,7 +176,7 @@ class PaDiM(BaseDetector):
     def _map(self, squared):
         _, height, width = self.feature_shapes_[0]
         maps = squared.sqrt().view(len(squared), height, width)
-        return smooth_upsample(maps, self.input_size_, self.sigma)
+        return smooth_upsample(maps, self.frame_size_, self.sigma)
 
     def _batch_maps(self, features):
         return self._map(self._squared_distances(features))
@@ -192,3 +193,15 @@ class PaDiM(BaseDetector):
 
     def _fitted_tensors(self):
         return [self.mean_, self.precision_]
+
+    def _fitted_tensor_specs(self):
+        total = sum(dim for dim, _, _ in self.feature_shapes_)
+        dim = min(self.n_features, total)
+        _, height, width = self.feature_shapes_[0]
+        return {
+            "channels_": TensorSpec(
+                (dim,), torch.int64, array=True, text=f"increasing channel indices below {total}",
+                values=lambda t: bool((t >= 0).all() and (t < total).all() and (t.diff() > 0).all())),
+            "mean_": TensorSpec((height * width, dim), torch.float32),
+            "precision_": TensorSpec((height * width, dim, dim), torch.float32),
+        }

@@ -26,6 +26,19 @@ def _pyplot():
     return plt
 
 
+def to_display(image, bit_depth):
+    """An image of ``bit_depth`` bits per sample as RGB uint8, for pictures.
+
+    Grey ``(H, W)`` images are repeated over three channels.
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype == np.uint8:
+        return image
+    scaled = image.astype(np.float64) * (255 / (2**bit_depth - 1))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def overlay(image, anomaly_map, vmin, vmax):
     """An RGB uint8 picture: the image with the map as a translucent heat map."""
     plt = _pyplot()
@@ -35,13 +48,18 @@ def overlay(image, anomaly_map, vmin, vmax):
 
 
 def save_panel(path, image, mask, anomaly_map, predicted, vmin, vmax, title):
-    """Input, ground truth, heat-map overlay and predicted mask side by side."""
+    """Input, ground truth, heat-map overlay and predicted mask side by side.
+
+    ``mask=None`` (no ground truth) leaves its place blank, titled so.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
     pictures = [image, mask, overlay(image, anomaly_map, vmin, vmax), predicted]
-    names = ["input", "ground truth", "anomaly map", "predicted mask"]
+    names = ["input", "ground truth" if mask is not None else "no ground truth",
+             "anomaly map", "predicted mask"]
     for ax, picture, name in zip(axes, pictures, names):
-        ax.imshow(picture, cmap="gray", vmin=0, vmax=1 if picture.ndim == 2 else None)
+        if picture is not None:
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=1 if picture.ndim == 2 else None)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -92,7 +110,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #444; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <h2>Results</h2>
-{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)}
+{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="n/a")}
 <p>Data: <a href="results.csv">results.csv</a></p>
 <h2>Image-level ROC</h2>
 <img src="roc.png" alt="ROC curves">

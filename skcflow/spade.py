@@ -9,6 +9,7 @@ from numbers import Integral, Real
 import torch
 from sklearn.utils._param_validation import Interval
 
+from ._fitted import TensorSpec
 from .base import BaseDetector, concat_levels, smooth_upsample
 
 # Entries of a block of query-to-gallery distances computed at once (16 MiB
@@ -156,7 +157,7 @@ class SPADE(BaseDetector):
             for query, near in zip(queries, neighbours)
         ])
         maps = distances.view(n_images, height, width)
-        return smooth_upsample(maps, self.input_size_, self.sigma)
+        return smooth_upsample(maps, self.frame_size_, self.sigma)
 
     # fit scores the gallery's own images, in order: the batches' rows name
     # each image's gallery entry, which it must not find as its neighbour.
@@ -168,6 +169,15 @@ class SPADE(BaseDetector):
 
     def _fitted_tensors(self):
         return [self.pooled_, self.gallery_]
+
+    def _fitted_tensor_specs(self):
+        _, height, width = self.feature_shapes_[0]
+        dim = sum(d for d, _, _ in self.feature_shapes_)
+        n = self.n_train_samples_
+        return {
+            "pooled_": TensorSpec((n, self.feature_shapes_[-1][0]), torch.float32),
+            "gallery_": TensorSpec((n, height * width, dim), torch.float32),
+        }
 
 
 def _pool(features):

@@ -12,6 +12,7 @@ from PIL import Image, ImageFile
 from scipy import ndimage
 
 from skcflow.datasets import load_images, load_mvtec, make_defects
+from skcflow.geometry import placement
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MVTEC = DATA / "mvtec_ad"
@@ -220,7 +221,7 @@ def test_mask_size_mismatch(tmp_path):
     cat = _make_tree(tmp_path)
     mask = cat / "ground_truth" / "scratch" / "000_mask.png"
     _save(mask, np.zeros((24, 25)))
-    with pytest.raises(ValueError, match=re.escape(str(mask)) + ".*25x24.*24x24"):
+    with pytest.raises(ValueError, match=re.escape(str(mask)) + ".*24x25.*24x24"):
         load_mvtec(tmp_path, "cat", "test")
 
 
@@ -276,12 +277,14 @@ def test_empty_mask_file_loads_and_shrunk_mask_warns(tmp_path):
     assert small.target.tolist() == [0, 1, 1] and not small.masks.any()
 
 
-def test_sixteen_bit_grayscale_is_rescaled(tmp_path):
+def test_sixteen_bit_grayscale_keeps_every_bit(tmp_path):
     path = tmp_path / "deep.png"
-    Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16)).save(path)
+    values = [0, 1, 4095, 32896, 65535]
+    Image.fromarray(np.array([values], dtype=np.uint16)).save(path)
     assert Image.open(path).mode == "I;16"
     images = load_images(path, image_size=None).images
-    assert images[0, 0, :, 0].tolist() == [0, 128, 255]
+    assert images.dtype == np.uint16 and images.shape == (1, 1, 5, 3)
+    assert images[0, 0, :, 0].tolist() == values and (images[..., 0] == images[..., 2]).all()
 
 
 # ---------------------------------------------------------------- load_images
@@ -392,7 +395,7 @@ def test_load_images_skip_everything_is_an_error(tmp_path):
 def test_load_images_mixed_sizes(tmp_path):
     _save(tmp_path / "a.png", _solid(1, (10, 10)))
     _save(tmp_path / "b.png", _solid(1, (10, 12)))
-    with pytest.raises(ValueError, match=r"2 sizes.*12x10 .*b\.png.*image_size=<int>"):
+    with pytest.raises(ValueError, match=r"2 sizes.*10x12 .*b\.png.*image_size=<int>"):
         load_images(tmp_path, image_size=None)
     assert load_images(tmp_path, image_size=6).images.shape == (2, 6, 6, 3)
 
@@ -502,3 +505,73 @@ def test_make_defects_rejects_bad_parameters(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         make_defects(**kwargs)
+
+
+# ------------------------------------------- factory images: depth and geometry
+
+
+def test_sixteen_bit_tiffs_and_png_load_as_uint16(tmp_path):
+    import tifffile
+
+    grey = np.full((30, 40), 3000, np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", grey)
+    tifffile.imwrite(tmp_path / "b.TIFF", np.stack([grey, grey // 2, grey // 3], -1), photometric="rgb")
+    Image.fromarray(grey + 1000).save(tmp_path / "c.png")
+    data = load_images(tmp_path, image_size=(16, 24))
+    assert data.images.dtype == np.uint16 and data.images.shape == (3, 16, 24, 3)
+    # Resizing works in 16 bits: a flat image keeps its exact level.
+    assert data.images[:, 8, 12].tolist() == [[3000] * 3, [3000, 1500, 1000], [4000] * 3]
+    assert data.sizes == [(30, 40)] * 3
+    assert load_images(tmp_path, image_size=None).images.shape == (3, 30, 40, 3)
+
+
+def test_mixed_bit_depths_are_an_error_naming_files(tmp_path):
+    _save(tmp_path / "eight.png", _solid(9))
+    Image.fromarray(np.zeros((24, 24), np.uint16)).save(tmp_path / "sixteen.png")
+    with pytest.raises(ValueError, match=r"2 bit depths.*8-bit .*eight\.png.*16-bit .*sixteen\.png"):
+        load_images(tmp_path, image_size=8)
+
+
+def test_masks_follow_non_square_sizes_exactly(tmp_path):
+    cat = tmp_path / "cat"
+    image = np.zeros((24, 36, 3), np.uint8)
+    mask = np.zeros((24, 36), np.uint8)
+    # A defect on a 2 x 2 grid, so that halving the image keeps it exact.
+    image[4:10, 6:20] = 255
+    mask[4:10, 6:20] = 255
+    _save(cat / "test" / "dent" / "000.png", image)
+    _save(cat / "ground_truth" / "dent" / "000_mask.png", mask)
+    data = load_mvtec(tmp_path, "cat", "test", image_size=(12, 18))
+    assert data.images.shape == (1, 12, 18, 3) and data.masks.shape == (1, 12, 18)
+    np.testing.assert_array_equal(data.masks[0], data.images[0, ..., 0] > 127)
+    boxed = load_mvtec(tmp_path, "cat", "test", image_size=24, keep_aspect=True)
+    assert boxed.images.shape == (1, 24, 24, 3) and boxed.sizes == [(24, 36)]
+    # Letterboxed alike: 16 rows of content between 4 rows of padding.
+    assert not boxed.images[0, :4].any() and not boxed.images[0, 20:].any()
+    np.testing.assert_array_equal(boxed.masks[0] > 0, boxed.images[0, ..., 0] > 127)
+
+
+def test_test_sets_without_ground_truth_have_unknown_masks(tmp_path):
+    import shutil
+
+    cat = _make_tree(tmp_path)
+    shutil.rmtree(cat / "ground_truth")
+    test = load_mvtec(tmp_path, "cat", "test", image_size=8)
+    assert test.masks is None and test.target.tolist() == [0, 1, 1]
+    assert "without pixel masks" in test.DESCR
+    train = load_mvtec(tmp_path, "cat", "train", image_size=8)
+    assert train.masks.shape == (2, 8, 8) and not train.masks.any()
+
+
+def test_magnetic_tiles_keep_their_many_sizes_and_aspects():
+    _require(MTD / "magnetic_tile")
+    data = load_mvtec(MTD, "magnetic_tile", "train", image_size=(48, 64), keep_aspect=True)
+    assert data.images.shape == (761, 48, 64, 3)
+    sizes = np.array(data.sizes)
+    assert len(set(data.sizes)) > 100 and (sizes[:, 0] != sizes[:, 1]).mean() > 0.9
+    portrait = int(np.argmax(sizes[:, 0] / sizes[:, 1]))
+    # The tallest tile sits between zero columns, its aspect kept.
+    _, left, height, width = placement(data.sizes[portrait], (48, 64), True)
+    assert height == 48 and width < 24 and left > 20
+    assert not data.images[portrait, :, : left - 1].any()
+    assert data.images[portrait, :, left + 1 : left + width - 1].std() > 3

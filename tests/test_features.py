@@ -170,3 +170,96 @@ def test_bottle_features_at_256():
     features = FeatureExtractor().fit_transform(bottle.images[:4])
     assert isinstance(features, Features)
     assert features.shapes == [(24, 64, 64), (40, 32, 32), (112, 16, 16)]
+
+
+def test_features_iterate_as_one_image_features_and_stop():
+    features = FeatureExtractor(image_size=64, device="cpu").fit_transform(X)
+    items = list(features)
+    assert len(items) == 3 and all(isinstance(f, Features) and len(f) == 1 for f in items)
+    assert torch.equal(items[2].maps[0], features.maps[0][2:])
+    assert torch.equal(features[-1].maps[1], features.maps[1][2:])
+    with pytest.raises(IndexError, match="out of range"):
+        features[3]
+
+
+# ---------------------------------------------------------------- bit depth
+
+# 8-bit images and the same scene from a 12-bit camera: each 8-bit level v
+# becomes 16 v plus detail below the 8-bit step.
+DEEP = X.astype(np.uint16) * 16 + np.random.default_rng(1).integers(0, 16, X.shape).astype(np.uint16)
+
+
+def test_bit_depth_maps_the_sensor_range_to_the_encoder_range():
+    eight = FeatureExtractor(image_size=64, device="cpu").fit(X)
+    twelve = FeatureExtractor(image_size=64, bit_depth=12, device="cpu").fit(DEEP)
+    assert (eight.bit_depth_, twelve.bit_depth_) == (8, 12)
+    a, b = eight.transform(X), twelve.transform(DEEP)
+    # The extra bits are detail below an 8-bit step: features barely move.
+    for u, v in zip(a.maps, b.maps):
+        assert float((u - v).abs().max()) < 0.05 * float(u.abs().max())
+    # Sixteen bits over the full range, as floats in [0, 1] do.
+    full = (X.astype(np.uint16) * 257)
+    sixteen = FeatureExtractor(image_size=64, bit_depth=16, device="cpu").fit(full)
+    for u, v in zip(sixteen.transform(full).maps, a.maps):
+        assert torch.allclose(u, v, atol=1e-4)
+
+
+def test_auto_bit_depth_is_fixed_at_fit_and_warns_about_dark_16_bit_sets():
+    with pytest.warns(UserWarning, match=r"never exceed 4095.*likely 12-bit.*bit_depth=12"):
+        auto = FeatureExtractor(image_size=64, device="cpu").fit(DEEP)
+    assert auto.bit_depth_ == 16
+    with pytest.warns(UserWarning, match=r"likely 10-bit.*bit_depth=10"):
+        FeatureExtractor(image_size=64, device="cpu").fit(DEEP // 4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FeatureExtractor(image_size=64, device="cpu").fit(X).bit_depth_ == 8
+        assert FeatureExtractor(image_size=64, device="cpu").fit().bit_depth_ == 8
+        assert FeatureExtractor(image_size=64, device="cpu").fit(X * 257.0 / 65535).bit_depth_ == 8
+        assert FeatureExtractor(image_size=64, device="cpu").fit(
+            X.astype(np.uint16) * 257).bit_depth_ == 16
+        FeatureExtractor(image_size=64, bit_depth=12, device="cpu").fit(DEEP)
+    # Never re-decided per image: a brighter image keeps the fitted scaling.
+    dark = auto.transform(DEEP)
+    bright = auto.transform(np.minimum(DEEP.astype(np.int64) * 8, 65535).astype(np.uint16))
+    assert not torch.allclose(dark.maps[0], bright.maps[0])
+
+
+def test_bit_depth_mismatches_are_clear_errors():
+    with pytest.raises(ValueError, match="bit_depth=12 needs uint16 images; the training images are uint8"):
+        FeatureExtractor(image_size=64, bit_depth=12, device="cpu").fit(X)
+    with pytest.raises(ValueError, match="bit_depth=8 needs uint8"):
+        FeatureExtractor(image_size=64, bit_depth=8, device="cpu").fit(DEEP)
+    twelve = FeatureExtractor(image_size=64, bit_depth=12, device="cpu").fit(DEEP)
+    with pytest.raises(ValueError, match="fitted on 12-bit images .uint16.*uint8"):
+        twelve.transform(X)
+    with pytest.raises(ValueError, match="reach 4096, beyond the 4095"):
+        twelve.transform(np.full_like(DEEP, 4096))
+    eight = FeatureExtractor(image_size=64, device="cpu").fit(X)
+    with pytest.raises(ValueError, match="fitted on 8-bit images .uint8"):
+        eight.transform(DEEP)
+    with pytest.raises(InvalidParameterError):
+        FeatureExtractor(bit_depth=9).fit()
+
+
+def test_bit_depth_and_frame_travel_with_the_model(tmp_path):
+    from skcflow import PaDiM, load, make_pipeline, save
+
+    pipe = make_pipeline(FeatureExtractor(image_size=(64, 96), keep_aspect=True, bit_depth=12,
+                                          device="cpu"),
+                         PaDiM(n_features=30, device="cpu", random_state=0)).fit(DEEP)
+    save(pipe, tmp_path / "m.skcflow")
+    loaded = load(tmp_path / "m.skcflow")
+    assert loaded[0].bit_depth_ == 12 and loaded[0].frame_size_ == (64, 96)
+    assert loaded[-1].frame_size_ == (64, 96)
+    np.testing.assert_array_equal(loaded.anomaly_map(DEEP), pipe.anomaly_map(DEEP))
+
+
+def test_non_square_image_size():
+    features = FeatureExtractor(image_size=(64, 160), device="cpu").fit_transform(X)
+    assert features.shapes == [(24, 16, 40), (40, 8, 20), (112, 4, 10)]
+    assert features.input_size == (64, 64) and features.frame_size == (64, 160)
+    for bad in [(16, 64), (64,), (64, 64, 3), "64"]:
+        with pytest.raises((ValueError, InvalidParameterError), match="image_size"):
+            FeatureExtractor(image_size=bad, device="cpu").fit()

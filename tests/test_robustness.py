@@ -26,7 +26,7 @@ SHAPES = st.one_of(
 def test_check_images_accepts_exactly_valid_arrays_or_says_why(X):
     valid = (
         X.ndim == 4 and X.shape[-1] == 3 and X.size > 0
-        and (X.dtype == np.uint8
+        and (X.dtype in (np.uint8, np.uint16)
              or (X.dtype.kind == "f" and np.isfinite(X).all() and X.min() >= 0 and X.max() <= 1))
     )
     if valid:
@@ -102,3 +102,59 @@ def test_detectors_on_empty_input_and_missing_cuda(name, train_features):
         assert model.device_ == torch.device("cpu")
         with pytest.raises(ValueError, match="CUDA is not available"):
             make(device="cuda").fit(train_features)
+
+
+def test_features_of_another_extractor_are_refused():
+    # mobilenet_v3_large's pyramid has the shapes of efficientnet_lite0's:
+    # without identities, a detector would score it silently.
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    lite = FeatureExtractor(image_size=64, device="cpu").fit(images)
+    mobile = FeatureExtractor(backbone="mobilenet_v3_large", weights=None, image_size=64,
+                              device="cpu").fit(images)
+    features, other = lite.transform(images), mobile.transform(images)
+    assert features.shapes == other.shapes
+    for name in sorted(FAST_DETECTORS):
+        detector = FAST_DETECTORS[name]().fit(features)
+        with pytest.raises(ValueError, match="another feature extractor.*backbone 'mobilenet_v3_large' "
+                                             "instead of 'efficientnet_lite0'"):
+            detector.score_samples(other)
+        assert np.isfinite(detector.score_samples(features)).all()
+    # Another bit depth is another extractor too.
+    deep = FeatureExtractor(image_size=64, bit_depth=16, device="cpu").fit(images.astype(np.uint16) * 257)
+    with pytest.raises(ValueError, match="bit_depth 16 instead of 8"):
+        FAST_DETECTORS["padim"]().fit(features).anomaly_map(deep.transform(images.astype(np.uint16) * 257))
+
+
+def test_submodules_are_reachable_after_import_skcflow():
+    import subprocess
+    import sys
+
+    code = "import skcflow; skcflow.metrics.aupro; skcflow.model_selection.predefined_split"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("name", sorted(FAST_DETECTORS))
+def test_tiny_images_and_wide_smoothing_score(name):
+    # 16 px images in the smallest frame, and a smoothing kernel wider than the map.
+    from skcflow import make_pipeline
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    kwargs = {} if name == "cflow" else {"sigma": 12.0}
+    pipe = make_pipeline(FeatureExtractor(image_size=32, device="cpu"),
+                         FAST_DETECTORS[name](**kwargs)).fit(images)
+    maps = pipe.anomaly_map(images)
+    assert maps.shape == (6, 16, 16) and np.isfinite(maps).all()
+
+
+def test_image_sizes_out_of_range_are_clear_errors(capsys):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from skcflow.cli import main
+
+    for size in (100000, (64, 100000)):
+        with pytest.raises((ValueError, InvalidParameterError), match="image_size"):
+            FeatureExtractor(image_size=size, device="cpu").fit()
+    for text in ("0", "100000"):
+        with pytest.raises(SystemExit):
+            main(["fit", "--images", ".", "--out", "m.skcflow", "--image-size", text])
+        assert "at most 4096" in capsys.readouterr().err
