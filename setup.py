@@ -31,6 +31,9 @@ setup(
         "safetensors",
         "tifffile",
         "imagecodecs",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
         "tqdm",
     ],
     extras_require={

@@ -27,7 +27,6 @@ import numpy as np
 from _common import CATEGORIES, RESULTS, data_missing, markdown_table, timed, write_results
 
 from skcflow import CFlowAD, FeatureExtractor, PaDiM, load_mvtec
-from skcflow.base import upsample
 from skcflow.geometry import restore
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
 
@@ -41,12 +40,10 @@ COLUMNS = ["frame", "model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
 
 def on_evaluation_grid(maps, sizes, frame, keep_aspect):
     """Frame maps back on each tile's grid, then on the common 256 x 256 one."""
-    import torch
-
     out = np.empty((len(maps), *EVALUATION), np.float32)
-    for i, (anomaly_map, size) in enumerate(zip(maps, sizes)):
-        own = restore(torch.from_numpy(anomaly_map)[None], size, frame, keep_aspect)
-        out[i] = upsample(own, EVALUATION)[0].numpy()
+    for i, size in enumerate(sizes):
+        own = restore(maps[i : i + 1], size, frame, keep_aspect)
+        out[i] = restore(own, EVALUATION, size, keep_aspect=False)[0]
     return out
 
 

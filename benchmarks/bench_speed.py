@@ -22,6 +22,7 @@ import torch
 from _common import CATEGORIES, RESULTS, write_results
 
 from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load_mvtec, make_defects
+from skcflow.cflow import CFlowMaps
 from skcflow.flows import positional_encoding
 
 BOTTLE = CATEGORIES["bottle"]
@@ -51,15 +52,25 @@ class ReferenceCFlowAD(CFlowAD):
         reference.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
         return reference
 
-    def _log_prob(self, level, fmap, leave_one_out_of=None):
-        n_images, height, width, dim = fmap.shape
+    def _maps(self, with_maxima=True):
+        maps = super()._maps(with_maxima)
+        maps.__class__, maps.fiber_batch_size = ReferenceMaps, self.fiber_batch_size
+        maps.condition_dim = self.condition_dim
+        return maps
+
+
+class ReferenceMaps(CFlowMaps):
+    """:class:`CFlowMaps` with a positional encoding per fiber, in batches."""
+
+    def log_prob(self, i, fmap, leave_one_out=None):
+        n_images, dim, height, width = fmap.shape
         encoding = positional_encoding(self.condition_dim, height, width).to(fmap.device)
-        flow = self.flows_[level]
-        fibers = fmap.reshape(-1, dim).split(self.fiber_batch_size)
+        flow = self.flows[i]
+        fibers = fmap.permute(0, 2, 3, 1).reshape(-1, dim).split(self.fiber_batch_size)
         conditions = encoding.repeat(n_images, 1).split(self.fiber_batch_size)
         return torch.cat([
             flow.log_prob(x, flow.condition(c)) for x, c in zip(fibers, conditions)
-        ]).view(n_images, height * width)
+        ]).view(n_images, height, width)
 
 
 PAPER = "CFlowAD, paper's settings"

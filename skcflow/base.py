@@ -16,7 +16,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
@@ -27,42 +26,40 @@ from ._device import resolve_device
 from ._fitted import device, integer, optional, real, sequence, shape
 from ._progress import progress
 from .features import IDENTITY, Features
-from .geometry import restore
+from .geometry import resize_matrix, restore, smooth_resize_matrix
+
+
+def _along_axes(maps, rows, cols):
+    """``rows @ map @ cols.T`` for each map of ``(..., H, W)``: one linear map per axis.
+
+    Both products multiply from the right, with the maps folded into the
+    rows of one matrix product, so that a map's values do not depend on how
+    many maps share the product.
+    """
+    rows = torch.tensor(rows, dtype=maps.dtype, device=maps.device)
+    cols = torch.tensor(cols, dtype=maps.dtype, device=maps.device)
+    maps = torch.matmul(maps, cols.T)
+    return torch.matmul(maps.transpose(-1, -2), rows.T).transpose(-1, -2)
 
 
 def upsample(maps, size):
-    """Bilinearly resize ``(N, H, W)`` or ``(N, 1, H, W)`` maps to ``size``."""
-    if maps.dim() == 3:
-        maps = maps[:, None]
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
-    return maps[:, 0]
+    """Bilinearly resize maps ``(..., H, W)`` to ``size`` (see
+    :func:`skcflow.geometry.resize_matrix`)."""
+    height, width = maps.shape[-2:]
+    if (height, width) == tuple(size):
+        return maps
+    return _along_axes(maps, resize_matrix(height, size[0]), resize_matrix(width, size[1]))
 
 
-def gaussian_blur(maps, sigma):
-    """Gaussian smoothing of ``(N, H, W)`` maps, truncated at 4 sigma.
-
-    Separable convolution with reflected borders, as
-    ``scipy.ndimage.gaussian_filter`` (the PaDiM and SPADE reference code)
-    does, but on the maps' device. Maps are convolved one at a time: the
-    convolution picks its algorithm by batch size, which would make a map
-    depend, by a few ulps, on the batch it came in. On maps smaller than
-    the kernel, the kernel is truncated at the map's size (a reflection
-    cannot reach further).
-    """
-    radius = min(int(4 * sigma + 0.5), maps.shape[-1] - 1, maps.shape[-2] - 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    blurred = []
-    for x in maps[:, None, None]:
-        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-        blurred.append(x[0])
-    return torch.cat(blurred)
+def split_channels(channels, dims):
+    """Per level, the indices of the ``channels`` (of the concatenated
+    pyramid, increasing) that lie in it, as long tensors."""
+    channels = torch.as_tensor(np.asarray(channels), dtype=torch.long)
+    starts = np.cumsum([0, *dims])
+    return [channels[(channels >= lo) & (channels < hi)] - lo for lo, hi in zip(starts, starts[1:])]
 
 
-def concat_levels(features, channels=None, device=None):
+def concat_levels(maps, channels=None, device=None):
     """The pyramid's levels side by side at the finest level's resolution.
 
     Coarser levels are upsampled bilinearly. PaDiM's reference
@@ -75,35 +72,27 @@ def concat_levels(features, channels=None, device=None):
 
     Parameters
     ----------
-    features : Features
-    channels : array-like of int, default=None
-        Indices into the concatenated channels to keep, in increasing order;
-        they are picked per level before upsampling, so that dropped
-        channels are never copied.
+    maps : sequence of torch.Tensor of shape (n_images, D_k, H_k, W_k)
+        The pyramid, finest level first.
+    channels : list of torch.Tensor, default=None
+        Per level, the channels to keep (:func:`split_channels`); they are
+        picked before upsampling, so that dropped channels are never copied.
     device : torch.device, default=None
-        Where the result is built; ``None`` keeps the features' device.
+        Where the result is built; ``None`` keeps the maps' device.
 
     Returns
     -------
     embedding : torch.Tensor of shape (n_images, n_channels, H_1, W_1)
     """
-    size = features.maps[0].shape[-2:]
-    if channels is not None:
-        channels = torch.as_tensor(np.asarray(channels), dtype=torch.long)
-    levels, first = [], 0
-    for fmap in features.maps:
-        dim = fmap.shape[1]
+    size = maps[0].shape[-2:]
+    levels = []
+    for k, fmap in enumerate(maps):
         if channels is not None:
-            keep = channels[(channels >= first) & (channels < first + dim)] - first
-            fmap = fmap.index_select(1, keep)
-        first += dim
-        if not fmap.shape[1]:
-            # A small random subset may miss a level entirely.
-            continue
-        fmap = fmap.to(device)
-        if fmap.shape[-2:] != size:
-            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
-        levels.append(fmap)
+            if not len(channels[k]):
+                # A small random subset may miss a level entirely.
+                continue
+            fmap = fmap.index_select(1, channels[k].to(fmap.device))
+        levels.append(upsample(fmap.to(device), size))
     return torch.cat(levels, 1)
 
 
@@ -111,9 +100,12 @@ def smooth_upsample(maps, size, sigma):
     """Distance maps at feature resolution to smoothed maps at ``size``.
 
     The post-processing of PaDiM and SPADE: bilinear upsampling, then
-    Gaussian smoothing of ``sigma`` input pixels.
+    Gaussian smoothing of ``sigma`` frame pixels with reflected borders
+    (:func:`skcflow.geometry.blur_matrix`), as one linear map per axis.
     """
-    return gaussian_blur(upsample(maps, size), sigma)
+    height, width = maps.shape[-2:]
+    return _along_axes(maps, smooth_resize_matrix(height, size[0], sigma),
+                       smooth_resize_matrix(width, size[1], sigma))
 
 
 def normal_samples(features, y):
@@ -335,8 +327,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """
         check_is_fitted(self)
         X = self._check_features(X)
-        return torch.cat(list(self._iter_batches(X, lambda batch, rows: restore(
-            self._batch_maps(batch), X.input_size, X.frame_size, X.keep_aspect)))).numpy()
+        maps = torch.cat(list(self._iter_maps(X))).numpy()
+        return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
 
     def score_samples(self, X):
         """Opposite of the image anomaly score (by default the map's maximum).

@@ -283,7 +283,7 @@ class CFlowAD(BaseDetector):
         if self.whiten:
             _warn_if_whitening_is_large(self._level_shapes())
         self.whitening_ = self._make_whitening()
-        self._cache_biases = {}
+        self._cache_maps = None
         self.n_iter_, self.loss_curve_, self.shrinkage_ = [], [], []
         for level, (flow, fmap) in enumerate(zip(self.flows_, self._levels(features))):
             # Channels-last once, so that sampling fibers never copies the maps.
@@ -317,10 +317,8 @@ class CFlowAD(BaseDetector):
 
     def _levels(self, features):
         """The modelled levels' maps, each vector averaged over its neighbourhood."""
-        k = self.neighborhood
         for index in self.levels_:
-            fmap = features.maps[index]
-            yield fmap if k == 1 else F.avg_pool2d(fmap, k, 1, k // 2, count_include_pad=False)
+            yield neighbourhood_mean(features.maps[index], self.neighborhood)
 
     def _make_flows(self, generator=None):
         return nn.ModuleList(
@@ -418,65 +416,43 @@ class CFlowAD(BaseDetector):
         position = torch.randint(height * width, size, generator=generator).to(fibers.device)
         return fibers.reshape(n_images, height * width, dim)[image, position], position
 
-    def _images_per_chunk(self, n_positions):
-        if self.device_.type == "cpu":
-            return max(1, _CPU_CHUNK_FIBERS // n_positions)
-        return self.batch_size
+    def _maps(self, with_maxima=True):
+        """The fitted state's scoring module (:class:`CFlowMaps`), built once
+        per setting of the parameters it depends on."""
+        maps = self.__dict__.get("_cache_maps")
+        key = (self.inference_dtype, self.batch_size, str(self.device_))
+        if maps is None or maps.key != key or (with_maxima and maps.maxima is None):
+            if self.device_.type == "cpu":
+                chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in self._level_shapes()]
+            else:
+                chunks = [self.batch_size] * len(self.levels_)
+            maps = self._cache_maps = CFlowMaps(
+                self.flows_, self.whitening_, self.levels_, self._level_shapes(), self.neighborhood,
+                self.condition_dim, self.frame_size_, self.log_prob_max_ if with_maxima else None,
+                chunks, self.inference_dtype,
+            ).to(self.device_)
+            maps.key = key
+        return maps
 
-    def _biases(self, level, n_positions, height, width):
-        # The condition depends only on the position: it is projected once
-        # per level and tiled for as many images as a chunk holds.
-        cache = self.__dict__.setdefault("_cache_biases", {})
-        if level not in cache:
-            encoding = positional_encoding(self.condition_dim, height, width).to(self.device_)
-            tiles = self._images_per_chunk(n_positions)
-            with torch.inference_mode():
-                cache[level] = [
-                    b.repeat(tiles, 1) for b in self.flows_[level].condition(encoding)
-                ]
-        return cache[level]
-
-    def _log_prob(self, level, fmap, leave_one_out_of=None):
-        """Log-likelihood per dimension of ``N x H x W x D`` fibers, ``N x HW``.
-
-        ``leave_one_out_of=n``: the fibers are the ``n`` training images',
-        each whitened as if it had been left out of the whitening's fit.
-        """
-        n_images, height, width, dim = fmap.shape
-        n_positions = height * width
-        x, log_det = fmap.reshape(n_images, n_positions, dim), 0
-        if self.whitening_ is not None:
-            x, log_det = self.whitening_[level](x), self.whitening_[level].log_det()
-            n = leave_one_out_of
-            if n is not None and n >= 3:
-                x, shift = leave_one_out_whitened(x, n, sample_share=1 - self.shrinkage_[level])
-                x, log_det = x.float(), log_det + shift.float()
-        biases = self._biases(level, n_positions, height, width)
-        flow = self.flows_[level]
-        chunks = x.split(self._images_per_chunk(n_positions))
-        with self._autocast():
-            log_prob = torch.cat([
-                flow.log_prob(chunk.reshape(-1, dim), [b[: chunk.shape[0] * n_positions] for b in biases])
-                for chunk in chunks
-            ])
-        return log_prob.float().view(n_images, n_positions) + log_det / dim
-
-    def _autocast(self):
-        if self.inference_dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_.type, dtype=getattr(torch, self.inference_dtype))
-
-    def _level_log_probs(self, features, leave_one_out_of=None):
-        """Log-likelihood per dimension ``(N, H_k, W_k)`` of each level."""
-        return [
-            self._log_prob(level, fmap.to(self.device_).permute(0, 2, 3, 1), leave_one_out_of).view(
-                len(fmap), *fmap.shape[-2:])
-            for level, fmap in enumerate(self._levels(features))
-        ]
+    def _on_device(self, features):
+        """The pyramid with the modelled levels on the decoders' device."""
+        return [m.to(self.device_) if k in self.levels_ else m for k, m in enumerate(features.maps)]
 
     def _batch_maps(self, features):
-        return aggregate_likelihoods(
-            self._level_log_probs(features), self.log_prob_max_, self.frame_size_)
+        return self._maps()(*self._on_device(features))
+
+    def _level_log_probs(self, features, leave_one_out_of=None):
+        """Log-likelihood per dimension ``(N, H_k, W_k)`` of each modelled level.
+
+        ``leave_one_out_of=n``: the features are the ``n`` training images',
+        each whitened as if it had been left out of the whitening's fit.
+        """
+        maps, pyramid = self._maps(with_maxima=False), self._on_device(features)
+        shares = [1 - delta for delta in self.shrinkage_] or [None] * len(self.levels_)
+        return [
+            maps.log_prob(i, pyramid[k], None if leave_one_out_of is None else (leave_one_out_of, share))
+            for i, (k, share) in enumerate(zip(self.levels_, shares))
+        ]
 
     def _training_log_probs(self, features):
         """Per level, the training images' log-likelihoods ``(N, H_k, W_k)``.
@@ -533,6 +509,119 @@ class CFlowAD(BaseDetector):
                     and torch.equal(flow.perms.gather(1, flow.inverse_perms), order)):
                 return "a flow's permutations are not permutations and their inverses."
         return super()._check_fitted()
+
+
+def neighbourhood_mean(fmap, size):
+    """Each vector of ``(N, D, H, W)`` maps averaged over its ``size x size``
+    window (borders: over the part inside the map)."""
+    if size == 1:
+        return fmap
+    return F.avg_pool2d(fmap, size, 1, size // 2, count_include_pad=False)
+
+
+class CFlowMaps(nn.Module):
+    """A fitted CFlowAD's anomaly maps of a feature pyramid, as one module.
+
+    What :class:`CFlowAD` scores with and what :func:`skcflow.export_onnx`
+    exports: each modelled level's vectors averaged over their neighbourhood,
+    whitened per position, scored by the level's conditional flow, then the
+    levels aggregated (:func:`aggregate_likelihoods`).
+
+    Parameters
+    ----------
+    flows, whitening : torch.nn.ModuleList
+        The fitted decoders and whitening (``whitening=None`` without).
+    levels : list of int
+        Indices, in the pyramid, of the modelled levels.
+    shapes : list of tuple
+        ``(D_k, H_k, W_k)`` of the modelled levels.
+    neighborhood, condition_dim : int
+        As :class:`CFlowAD`'s parameters.
+    frame_size : tuple of int
+        Where the maps are computed.
+    maxima : list of torch.Tensor of shape (H_k, W_k), or None
+        The normalising constants (``log_prob_max_``); None before fit has
+        them, when only :meth:`log_prob` can be used.
+    chunk_images : list of int
+        Images whose vectors go through a flow at once (a CPU's cache
+        holds a few thousand vectors' activations); an export takes them
+        all at once.
+    inference_dtype : str
+        Precision of the flows' matrix products (under autocast).
+    """
+
+    def __init__(self, flows, whitening, levels, shapes, neighborhood, condition_dim, frame_size,
+                 maxima, chunk_images, inference_dtype="float32"):
+        super().__init__()
+        self.flows, self.whitening = flows, whitening
+        self.levels, self.neighborhood = list(levels), neighborhood
+        self.frame_size, self.chunk_images = tuple(frame_size), list(chunk_images)
+        self.inference_dtype = inference_dtype
+        # The condition depends only on the position: projected once per
+        # level, and tiled for as many images as a chunk holds.
+        self.biases = []
+        with torch.no_grad():
+            for i, (flow, (_, height, width)) in enumerate(zip(flows, shapes)):
+                encoding = positional_encoding(condition_dim, height, width).to(flow.perms.device)
+                for j, bias in enumerate(flow.condition(encoding)):
+                    self.register_buffer(f"bias_{i}_{j}", bias.detach().clone())
+                self.biases.append([getattr(self, f"bias_{i}_{j}") for j in range(len(flow.couplings))])
+        self.maxima = None
+        if maxima is not None:
+            for i, maximum in enumerate(maxima):
+                self.register_buffer(f"maximum_{i}", maximum.detach().clone())
+            self.maxima = [getattr(self, f"maximum_{i}") for i in range(len(maxima))]
+        self._tiled = {}
+
+    def _apply(self, fn, recurse=True):
+        # Buffers moved to another device are new tensors: the lists follow.
+        super()._apply(fn, recurse)
+        self.biases = [[getattr(self, f"bias_{i}_{j}") for j in range(len(b))]
+                       for i, b in enumerate(self.biases)]
+        if self.maxima is not None:
+            self.maxima = [getattr(self, f"maximum_{i}") for i in range(len(self.maxima))]
+        self._tiled = {}
+        return self
+
+    def _level_biases(self, i, n_images):
+        """Each coupling's condition bias for ``n_images`` images' vectors."""
+        if torch.compiler.is_exporting():
+            return [b.expand(n_images, -1, -1).reshape(-1, b.shape[-1]) for b in self.biases[i]]
+        if i not in self._tiled:
+            self._tiled[i] = [b.repeat(self.chunk_images[i], 1) for b in self.biases[i]]
+        return [b[: n_images * len(self.biases[i][0])] for b in self._tiled[i]]
+
+    def log_prob(self, i, fmap, leave_one_out=None):
+        """Log-likelihood per dimension ``(N, H, W)`` of the ``i``-th modelled level.
+
+        ``fmap`` is the level's ``(N, D, H, W)`` map. ``leave_one_out=(n,
+        sample_share)``: the maps are the ``n`` training images', each
+        whitened as if it had been left out of the whitening's fit.
+        """
+        fmap = neighbourhood_mean(fmap, self.neighborhood)
+        n_images, dim, height, width = fmap.shape
+        x, log_det = fmap.permute(0, 2, 3, 1).reshape(n_images, height * width, dim), 0
+        if self.whitening is not None:
+            x, log_det = self.whitening[i](x), self.whitening[i].log_det()
+            if leave_one_out is not None and leave_one_out[0] >= 3:
+                x, shift = leave_one_out_whitened(x, leave_one_out[0], sample_share=leave_one_out[1])
+                x, log_det = x.float(), log_det + shift.float()
+        flow = self.flows[i]
+        exporting = torch.compiler.is_exporting()
+        chunks = [x] if exporting else x.split(self.chunk_images[i])
+        autocast = contextlib.nullcontext() if self.inference_dtype == "float32" else torch.autocast(
+            x.device.type, dtype=getattr(torch, self.inference_dtype))
+        with autocast:
+            log_prob = torch.cat([
+                flow.log_prob(chunk.reshape(-1, dim), self._level_biases(i, chunk.shape[0]))
+                for chunk in chunks
+            ])
+        return (log_prob.float().view(n_images, -1) + log_det / dim).view(n_images, height, width)
+
+    def forward(self, *pyramid):
+        """Anomaly maps ``(N, H_frame, W_frame)``, float64, of the pyramid's level maps."""
+        log_probs = [self.log_prob(i, pyramid[k]) for i, k in enumerate(self.levels)]
+        return aggregate_likelihoods(log_probs, self.maxima, self.frame_size)
 
 
 def aggregate_likelihoods(log_probs, maxima, size):

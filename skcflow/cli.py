@@ -123,6 +123,7 @@ def _case_panels(out, model, test, maps, scores, detector, bit_depth):
     most normal, and the normal image scored most anomalous.
     """
     from . import report
+    from .overlay import to_display
 
     anomalous = np.flatnonzero(test.target == 1)
     normal = np.flatnonzero(test.target == 0)
@@ -138,7 +139,7 @@ def _case_panels(out, model, test, maps, scores, detector, bit_depth):
         name = f"{model}_{len(panels)}.png"
         caption = f"{model}, {label}: {test.filenames[index]} (score {scores[index]:.3g})"
         mask = None if test.masks is None else test.masks[index]
-        report.save_panel(out / name, report.to_display(test.images[index], bit_depth), mask,
+        report.save_panel(out / name, to_display(test.images[index], bit_depth), mask,
                           maps[index], maps[index] > detector.pixel_threshold_, 0.0, vmax, caption)
         panels.append((caption, name))
     return panels
@@ -173,40 +174,71 @@ def score(args):
 
     Images are read into the model's frame, scored there, and their maps
     taken back to the file's pixel grid (:func:`skcflow.geometry.restore`),
-    so overlays and masks line up with the original files.
+    so overlays and masks line up with the original files. A ``.onnx`` model
+    (from ``skcflow export``) is scored by onnxruntime through
+    :mod:`skcflow.runtime`, without torch.
     """
+    from .readers import read_images
+
+    if str(args.model).lower().endswith(".onnx"):
+        from .runtime import OnnxDetector
+
+        model = OnnxDetector(args.model)
+        settings = model.frame_size_, model.keep_aspect_, model.bit_depth_
+        thresholds = model.offset_, model.pixel_threshold_
+        run = model.run
+    else:
+        pipe = _load_pipeline(args.model)
+        extractor, detector = pipe[0], pipe[-1]
+        settings = extractor.frame_size_, extractor.keep_aspect, extractor.bit_depth_
+        thresholds = detector.offset_, detector.pixel_threshold_
+
+        def run(images):
+            features = pipe[:-1].transform(images)
+            return detector.anomaly_map(features), -detector.score_samples(features)
+
+    images, filenames, sizes, _ = read_images(args.images, settings[0], settings[1], _errors(args))
+    maps, scores = run(images)
+    _write_scored(Path(args.out), filenames, sizes, maps, scores, settings, thresholds)
+    return 0
+
+
+def _write_scored(out, filenames, sizes, maps, scores, settings, thresholds):
+    """``scores.csv``, and an overlay and a mask per file at the file's own size."""
     from PIL import Image
 
-    from . import report
-    from .datasets import load_images
-    from .geometry import restore_one
+    from .geometry import restore
+    from .overlay import overlay, to_display
     from .readers import read_image
 
-    pipe = _load_pipeline(args.model)
-    extractor, detector = pipe[0], pipe[-1]
-    data = load_images(args.images, image_size=extractor.frame_size_, errors=_errors(args),
-                       keep_aspect=extractor.keep_aspect)
-    features = pipe[:-1].transform(data.images)
-    maps = detector.anomaly_map(features)
-    scores = -detector.score_samples(features)
+    frame, keep_aspect, bit_depth = settings
+    offset, pixel_threshold = thresholds
     # predict's rule, on the scores already computed.
-    labels = np.where(-scores - detector.offset_ >= 0, 1, -1)
-    out = Path(args.out)
+    labels = np.where(-scores - offset >= 0, 1, -1)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    vmax = 2 * detector.pixel_threshold_
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "score", "label"])
-        for i, (path, s, label) in enumerate(zip(data.filenames, scores, labels)):
+        for i, (path, s, label) in enumerate(zip(filenames, scores, labels)):
             writer.writerow([path, f"{s:.6g}", "anomalous" if label == -1 else "normal"])
-            own = restore_one(maps[i], data.sizes[i], extractor.frame_size_, extractor.keep_aspect)
-            image = report.to_display(read_image(path), extractor.bit_depth_)
+            own = restore(maps[i : i + 1], sizes[i], frame, keep_aspect)[0]
+            image = to_display(read_image(path), bit_depth)
             stem = f"{i:04d}_{Path(path).stem}"
-            Image.fromarray(report.overlay(image, own, 0.0, vmax)).save(out / f"{stem}.png")
-            mask = (own > detector.pixel_threshold_).astype(np.uint8) * 255
+            Image.fromarray(overlay(image, own, 0.0, 2 * pixel_threshold)).save(out / f"{stem}.png")
+            mask = (own > pixel_threshold).astype(np.uint8) * 255
             Image.fromarray(mask).save(out / "masks" / f"{stem}_mask.png")
     print(f"scored {len(scores)} images ({int((labels == -1).sum())} anomalous); "
           f"results in {out / 'scores.csv'}, overlays and masks at each file's size")
+
+
+def export(args):
+    from .export import export_onnx
+
+    pipe = _load_pipeline(args.model)
+    report = export_onnx(pipe, args.out)
+    print(f"exported {type(pipe[-1]).__name__} to {args.out} ({report.size_bytes / 1e6:.1f} MB); "
+          f"onnxruntime reproduces skcflow's maps to {report.map_difference:.2g} of their range "
+          f"on {report.n_checked} test images")
     return 0
 
 
@@ -270,14 +302,14 @@ def image_size(text):
 
 def bit_depth(text):
     """``"auto"`` or one of the bit depths the extractor takes."""
-    from .features import _BIT_DEPTHS
+    from ._images import BIT_DEPTHS
 
     if text == "auto":
         return text
-    if text.isdigit() and int(text) in _BIT_DEPTHS:
+    if text.isdigit() and int(text) in BIT_DEPTHS:
         return int(text)
     raise argparse.ArgumentTypeError(
-        f"{text!r} is not a bit depth: give auto or one of {', '.join(map(str, _BIT_DEPTHS))}."
+        f"{text!r} is not a bit depth: give auto or one of {', '.join(map(str, BIT_DEPTHS))}."
     )
 
 
@@ -332,11 +364,16 @@ def build_parser():
     p.set_defaults(func=fit)
 
     p = commands.add_parser("score", help="score images with a saved model")
-    p.add_argument("model")
+    p.add_argument("model", help="model file from 'skcflow fit', or ONNX file from 'skcflow export'")
     p.add_argument("images", nargs="+", help="image files or folders")
     _add_skip_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=score)
+
+    p = commands.add_parser("export", help="export a saved pipeline to ONNX, for onnxruntime")
+    p.add_argument("model", help="model file written by 'skcflow fit'")
+    p.add_argument("out", help="ONNX file to write")
+    p.set_defaults(func=export)
 
     p = commands.add_parser("info", help="describe a saved model")
     p.add_argument("model")

@@ -24,12 +24,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from sklearn.utils import Bunch, check_random_state
 
-from .geometry import frame_shape, placement
-from .readers import UnusableFileError, read_image, read_mask
+from .geometry import frame_shape
+from .readers import read_images, read_into_frame, read_mask, stack_images, visible_entries
 
 __all__ = ["load_images", "load_mvtec", "make_defects"]
 
@@ -39,91 +38,6 @@ _DEFECT_KINDS = ("scratch", "spot", "crack", "blob")
 def _check_image_size(image_size):
     """``(height, width)`` of a loader's ``image_size``, or None to keep sizes."""
     return None if image_size is None else frame_shape(image_size)
-
-
-def _visible_entries(folder):
-    """Entries of ``folder`` except hidden ones, sorted by name."""
-    return sorted(
-        (p for p in folder.iterdir() if not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
-
-
-def _resize(array, size, mask):
-    """Resize an ``(H, W)`` or ``(H, W, 3)`` array to ``size`` ``(height, width)``.
-
-    NEAREST keeps masks binary. For images, Pillow's BILINEAR widens its
-    kernel when shrinking (antialiasing), like torchvision's Resize with
-    antialias=True that ImageNet backbones are usually fed with, and unlike
-    LANCZOS it cannot overshoot into halos at sharp edges. Pillow resizes
-    16-bit images one channel at a time, in 16 bits.
-    """
-    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-    target = (size[1], size[0])
-    if array.dtype == np.uint16 and array.ndim == 3:
-        return np.stack([_resize(array[..., c], size, mask) for c in range(3)], -1)
-    return np.asarray(Image.fromarray(array).resize(target, resample))
-
-
-def _into_frame(array, frame, keep_aspect, mask=False):
-    """``array`` resized into the frame (see :mod:`skcflow.geometry`)."""
-    top, left, height, width = placement(array.shape[:2], frame, keep_aspect)
-    if array.shape[:2] != (height, width):
-        array = _resize(array, (height, width), mask)
-    bottom, right = frame[0] - top - height, frame[1] - left - width
-    if top or left or bottom or right:
-        pad = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
-        array = np.pad(array, pad)
-    return array
-
-
-def _read_image(path, frame, keep_aspect=False, mask=False):
-    """Read one image (or mask) file into the frame.
-
-    Returns ``(array, original_size)`` with ``original_size`` as
-    ``(height, width)``. Images become RGB ``(H, W, 3)`` of their own dtype
-    (grey ones repeated over the channels); masks become ``uint8`` ``(H, W)``
-    of 0 and 1. ``frame=None`` keeps the file's size.
-    """
-    if mask:
-        array = read_mask(path).astype(np.uint8)
-    else:
-        array = read_image(path)
-    original_size = array.shape[:2]
-    if frame is not None:
-        array = _into_frame(array, frame, keep_aspect, mask)
-    if not mask and array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    return array, original_size
-
-
-def _stack_images(images, filenames):
-    """Stack arrays of one size and dtype; sizes differ only with image_size=None."""
-    for what, key, hint in (
-        ("sizes", lambda image: image.shape[:2],
-         "Pass image_size=<int> or (height, width) to resize them to a common size."),
-        ("bit depths", lambda image: image.dtype,
-         "Convert the files to one bit depth."),
-    ):
-        kinds = {}
-        for image, filename in zip(images, filenames):
-            kinds.setdefault(key(image), filename)
-        if len(kinds) > 1:
-            examples = "; ".join(
-                f"{_describe(kind)} ({name})" for kind, name in list(kinds.items())[:3]
-            )
-            raise ValueError(
-                f"Images must share one size and bit depth to be stacked, but {len(kinds)} "
-                f"{what} were found, e.g. {examples}. {hint}"
-                + (" Sizes are height x width." if what == "sizes" else "")
-            )
-    return np.stack(images)
-
-
-def _describe(kind):
-    if isinstance(kind, tuple):
-        return f"{kind[0]}x{kind[1]}"
-    return f"{np.iinfo(kind).bits}-bit"
 
 
 def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False):
@@ -220,15 +134,15 @@ def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False)
 
     images, masks, defect_type, filenames, sizes, used_masks = [], [], [], [], [], set()
     vanished = []
-    for defect_dir in _visible_entries(split_dir):
+    for defect_dir in visible_entries(split_dir):
         if not defect_dir.is_dir():
             raise ValueError(
                 f"{defect_dir} is a file directly in the split folder, where "
                 "only defect folders (such as 'good') are expected."
             )
         defect = defect_dir.name
-        for path in _visible_entries(defect_dir):
-            image, size = _read_image(path, frame, keep_aspect)
+        for path in visible_entries(defect_dir):
+            image, size = read_into_frame(path, frame, keep_aspect)
             if defect == "good" or not has_ground_truth:
                 mask = np.zeros(image.shape[:2], dtype=np.uint8)
             else:
@@ -237,7 +151,7 @@ def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False)
                     raise FileNotFoundError(
                         f"Mask {mask_path} of defective image {path} not found."
                     )
-                mask, mask_size = _read_image(mask_path, frame, keep_aspect, mask=True)
+                mask, mask_size = read_into_frame(mask_path, frame, keep_aspect, mask=True)
                 if mask_size != size:
                     raise ValueError(
                         f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} (height x "
@@ -269,9 +183,9 @@ def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False)
     if split == "test" and has_ground_truth:
         unused = [
             str(p)
-            for folder in _visible_entries(ground_truth_dir)
+            for folder in visible_entries(ground_truth_dir)
             if folder.is_dir()
-            for p in _visible_entries(folder)
+            for p in visible_entries(folder)
             if p not in used_masks
         ]
         if unused:
@@ -282,7 +196,7 @@ def load_mvtec(root, category, split="train", image_size=256, keep_aspect=False)
                 stacklevel=2,
             )
 
-    images = _stack_images(images, filenames)
+    images = stack_images(images, filenames)
     target = np.array([d != "good" for d in defect_type], dtype=int)
     masks_known = has_ground_truth or not target.any()
     height, width = images.shape[1:3]
@@ -364,40 +278,8 @@ def load_images(paths_or_folder, image_size=256, errors="raise", keep_aspect=Fal
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}.")
     frame = _check_image_size(image_size)
-    single = isinstance(paths_or_folder, (str, bytes)) or hasattr(paths_or_folder, "__fspath__")
-    entries = [Path(paths_or_folder)] if single else [Path(p) for p in paths_or_folder]
-    source = entries[0] if single else "the given list of paths"
-    if single and not entries[0].exists():
-        raise FileNotFoundError(f"No such file or folder: {source}")
-    # Folders in a list are expanded like a folder given alone.
-    paths = []
-    for entry in entries:
-        paths.extend(_visible_entries(entry) if entry.is_dir() else [entry])
-
-    images, filenames, sizes, skipped = [], [], [], []
-    for path in paths:
-        try:
-            image, size = _read_image(path, frame, keep_aspect)
-        except (FileNotFoundError, UnusableFileError) as exc:
-            if errors == "raise":
-                raise
-            skipped.append((str(path), str(exc)))
-            warnings.warn(f"Skipping {path}: {exc}", UserWarning, stacklevel=2)
-            continue
-        images.append(image)
-        filenames.append(str(path))
-        sizes.append(size)
-    if not images:
-        raise ValueError(
-            f"No image could be loaded from {source}"
-            + (f"; skipped: {skipped}" if skipped else ".")
-        )
-    return Bunch(
-        images=_stack_images(images, filenames),
-        filenames=filenames,
-        sizes=sizes,
-        skipped=skipped,
-    )
+    images, filenames, sizes, skipped = read_images(paths_or_folder, frame, keep_aspect, errors)
+    return Bunch(images=images, filenames=filenames, sizes=sizes, skipped=skipped)
 
 
 def _spectral_noise(rng, n, size, gain):

@@ -13,6 +13,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -22,8 +23,9 @@ from ._device import resolve_device
 from ._digest import tensor_digest
 from ._fitted import (boolean, device, integer, mapping, one_of, real, sequence, shape,
                       text)
+from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
-from .geometry import frame_shape, to_frame
+from .geometry import frame_shape, placement
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
 # mean 127 / std 128), not on torchvision's ImageNet statistics.
@@ -121,6 +123,44 @@ class TappedEncoder(nn.Module):
         return out
 
 
+class PixelEncoder(nn.Module):
+    """Raw images to the encoder's pyramid: what a fitted extractor computes.
+
+    Takes ``(N, H, W, 3)`` images, integers of ``bit_depth`` bits (divided by
+    ``2**bit_depth - 1``) or floats in ``[0, 1]``, brings them into the frame
+    (:func:`to_frame`) and runs the :class:`TappedEncoder`. The exported ONNX
+    graphs start with it.
+    """
+
+    def __init__(self, encoder, bit_depth, frame, keep_aspect):
+        super().__init__()
+        self.encoder = encoder
+        self.full_scale = float(2**bit_depth - 1)
+        self.frame, self.keep_aspect = tuple(frame), keep_aspect
+
+    def forward(self, images):
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
+        if not images.dtype.is_floating_point:
+            x = x / self.full_scale
+        return self.encoder(to_frame(x, self.frame, self.keep_aspect))
+
+
+def to_frame(images, frame, keep_aspect):
+    """Resize float images ``(N, C, H, W)`` into the frame (see :mod:`skcflow.geometry`).
+
+    Bilinear with antialiasing, as the loaders' Pillow resizing; letterbox
+    padding is zero.
+    """
+    size = tuple(images.shape[-2:])
+    if size == tuple(frame):
+        return images
+    top, left, height, width = placement(size, frame, keep_aspect)
+    images = F.interpolate(images, size=(height, width), mode="bilinear",
+                           align_corners=False, antialias=True)
+    bottom, right = frame[0] - top - height, frame[1] - left - width
+    return F.pad(images, (left, right, top, bottom))
+
+
 def _efficientnet_lite0(weights):
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -193,60 +233,6 @@ def build_encoder(backbone, layers, weights):
     return encoder
 
 
-def check_images(X):
-    """Validate raw images and return them as an ``(N, H, W, 3)`` array.
-
-    Accepts a uint8 or uint16 array, a float array in ``[0, 1]``, or a
-    scikit-learn ``Bunch`` with an ``images`` field. Conversion to float
-    happens batch by batch later, so that a large integer set never exists
-    in float at once.
-    """
-    if hasattr(X, "images") and not isinstance(X, np.ndarray):
-        X = X.images
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    if isinstance(X, (list, tuple)):
-        shapes = [np.shape(image) for image in X]
-        if len(set(shapes)) > 1:
-            first = shapes[0]
-            odd = next(i for i, shape in enumerate(shapes) if shape != first)
-            raise ValueError(
-                f"images in a list must share one shape; image 0 is {first} but image {odd} "
-                f"is {shapes[odd]}. Resize them first, or pass their files to "
-                "skcflow.load_images(..., image_size=...)."
-            )
-    X = np.asarray(X)
-    if X.size == 0:
-        raise ValueError("no images were given (empty input).")
-    if X.ndim != 4 or X.shape[-1] != 3:
-        hint = ""
-        if X.ndim == 4 and X.shape[1] == 3:
-            hint = " It looks channels-first (N x 3 x H x W): use X.transpose(0, 2, 3, 1)."
-        elif X.ndim == 3 and X.shape[-1] == 3:
-            hint = " It looks like a single image: use X[None]."
-        elif X.ndim == 3:
-            hint = " For grayscale images stack them to RGB: np.repeat(X[..., None], 3, axis=-1)."
-        raise ValueError(
-            f"images must be an array of shape (n_images, height, width, 3); got shape {X.shape}.{hint}"
-        )
-    if X.dtype in (np.uint8, np.uint16):
-        return X
-    if not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(
-            f"images must be uint8, uint16 or float in [0, 1]; got dtype {X.dtype}. Convert "
-            "integer camera data to uint16 (with the extractor's bit_depth set to its depth)."
-        )
-    if not np.isfinite(X).all():
-        raise ValueError("images contain NaN or infinite values.")
-    if X.min() < 0 or X.max() > 1:
-        raise ValueError(
-            f"float images must lie in [0, 1]; got values in [{X.min():.3g}, {X.max():.3g}]. "
-            "Divide uint8 data by 255, or pass it as uint8."
-        )
-    return X
-
-
-_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Larger frames would need gigabytes of activations per image: a clear error
 # instead of a MemoryError deep in the encoder.
 _MAX_SIDE = 4096
@@ -254,7 +240,7 @@ _MAX_SIDE = 4096
 # What FeatureExtractor.identity_ must be, in model files.
 IDENTITY = mapping(
     backbone=one_of(*_BACKBONES), layers=sequence(integer()), weights_sha256=text(),
-    image_size=sequence(integer(1), length=2), keep_aspect=boolean(), bit_depth=one_of(*_BIT_DEPTHS),
+    image_size=sequence(integer(1), length=2), keep_aspect=boolean(), bit_depth=one_of(*BIT_DEPTHS),
     mean=sequence(real()), std=sequence(real()),
 )
 
@@ -352,7 +338,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         "layers": [None, "array-like"],
         "image_size": [Interval(Integral, 32, _MAX_SIDE, closed="both"), tuple, list],
         "keep_aspect": ["boolean"],
-        "bit_depth": [StrOptions({"auto"}), Options(Integral, set(_BIT_DEPTHS))],
+        "bit_depth": [StrOptions({"auto"}), Options(Integral, set(BIT_DEPTHS))],
         "weights": [None, str, os.PathLike],
         "device": [str, torch.device],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -429,7 +415,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return {
             "layers_": sequence(integer(), kind=tuple),
             "frame_size_": shape(2),
-            "bit_depth_": one_of(*_BIT_DEPTHS),
+            "bit_depth_": one_of(*BIT_DEPTHS),
             "feature_dims_": sequence(integer(1)),
             "device_": device(),
             "identity_": IDENTITY,
@@ -488,7 +474,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 )
         if dtype == np.uint16:
             peak = int(X.max())
-            likely = next(d for d in _BIT_DEPTHS[1:] if peak < 2**d)
+            likely = next(d for d in BIT_DEPTHS[1:] if peak < 2**d)
             if likely < depth:
                 warnings.warn(
                     f"the uint16 training images never exceed {peak}: they are likely "
@@ -499,24 +485,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     stacklevel=3,
                 )
         return depth
-
-    def _check_bit_depth(self, X):
-        if np.issubdtype(X.dtype, np.floating):
-            return
-        expected = np.uint8 if self.bit_depth_ == 8 else np.uint16
-        if X.dtype != expected:
-            raise ValueError(
-                f"the extractor was fitted on {self.bit_depth_}-bit images "
-                f"({np.dtype(expected).name}), so it cannot scale {X.dtype} images the same "
-                f"way; pass {np.dtype(expected).name} images, or fit it on {X.dtype} images."
-            )
-        limit = 2**self.bit_depth_ - 1
-        if X.dtype == np.uint16 and self.bit_depth_ < 16 and (peak := int(X.max())) > limit:
-            raise ValueError(
-                f"image values reach {peak}, beyond the {limit} of the {self.bit_depth_}-bit "
-                "images the extractor was fitted on (bit_depth_); pass images of that camera "
-                "setting, or fit with a larger bit_depth."
-            )
 
     def _images(self, X):
         """``X`` as checked images, files read into the frame."""
@@ -546,7 +514,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "encoder_")
         X = self._images(X)
-        self._check_bit_depth(X)
+        check_bit_depth(X, self.bit_depth_)
         levels = [[] for _ in self.layers_]
         starts = range(0, len(X), self.batch_size)
         for start in progress(starts, self.verbose, desc="features", unit="batch"):
@@ -556,10 +524,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return Features([torch.cat(level) for level in levels], X.shape[1:3], self.frame_size_,
                         self.keep_aspect, self.identity_)
 
+    def _pixel_encoder(self):
+        """The fitted encoder behind its pixel scaling (:class:`PixelEncoder`)."""
+        return PixelEncoder(self.encoder_, self.bit_depth_, self.frame_size_, self.keep_aspect)
+
     def _encode(self, batch):
-        x = batch.to(self.device_).float().permute(0, 3, 1, 2)
-        if not batch.dtype.is_floating_point:
-            x = x / (2**self.bit_depth_ - 1)
-        x = to_frame(x, self.frame_size_, self.keep_aspect)
         with torch.inference_mode():
-            return self.encoder_(x)
+            return self._pixel_encoder()(batch.to(self.device_))

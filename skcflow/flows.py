@@ -113,12 +113,16 @@ class PositionWhitening(nn.Module):
 
     def forward(self, x):
         """Whiten ``(N, P, dim)`` vectors, position by position."""
+        centred = (x - self.mean)[..., None, :]
         whitener_t = self.whitener.transpose(1, 2)
-        # One product per image: a matrix product's rounding depends on its
-        # shape, and an image's map must not depend on its batch.
-        return torch.stack([
-            torch.bmm((image - self.mean)[:, None], whitener_t)[:, 0] for image in x
-        ])
+        if torch.compiler.is_exporting():
+            # An exported graph's runtime multiplies each image's vector at
+            # each position on its own, however many images there are.
+            return torch.matmul(centred, whitener_t)[..., 0, :]
+        # One product per image here: torch folds the images of a batch
+        # into one product, whose rounding depends on its shape, and an
+        # image's map must not depend on its batch.
+        return torch.stack([torch.bmm(image, whitener_t)[:, 0] for image in centred])
 
 
 class AffineCoupling(nn.Module):

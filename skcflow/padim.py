@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval
 
 from ._fitted import TensorSpec
 from ._progress import progress
-from .base import BaseDetector, concat_levels, smooth_upsample
+from .base import BaseDetector, concat_levels, smooth_upsample, split_channels
 from .gaussian import PositionMoments, leave_one_out_squared
 
 # On a CPU, the inverse covariances scored at once fit in this much cache,
@@ -149,37 +149,28 @@ class PaDiM(BaseDetector):
         for part, factor in moments.cholesky_factors(self.reg):
             self.precision_[part] = torch.cholesky_inverse(factor).float()
 
+    def _maps(self):
+        """The fitted state's scoring module (:class:`PaDiMMaps`), built once."""
+        maps = self.__dict__.get("_cache_maps")
+        key = (id(self.mean_), self.sigma, str(self.device_))
+        if maps is None or maps.key != key:
+            step = None
+            if self.device_.type == "cpu":
+                step = max(1, _CPU_CACHE_BYTES // (4 * len(self.channels_) ** 2))
+            channels = split_channels(self.channels_, [d for d, _, _ in self.feature_shapes_])
+            maps = self._cache_maps = PaDiMMaps(
+                channels, self.mean_, self.precision_, self.feature_shapes_[0][1:],
+                self.frame_size_, self.sigma, step).to(self.device_)
+            maps.key = key
+        return maps
+
     def _embed(self, features):
         """The kept channels of each image's positions, ``(B, P, d)``."""
-        embedding = concat_levels(features, self.channels_, self.device_)
-        return embedding.flatten(2).transpose(1, 2)
-
-    def _squared_distances(self, features):
-        """Squared Mahalanobis distances ``(B, P)`` of a batch's positions."""
-        x = self._embed(features)
-        n_images, n_positions, dim = x.shape
-        step = n_positions
-        if self.device_.type == "cpu":
-            step = max(1, _CPU_CACHE_BYTES // (4 * dim * dim))
-        squared = torch.empty(n_images, n_positions, device=self.device_)
-        for start in range(0, n_positions, step):
-            part = slice(start, start + step)
-            precision, mean = self.precision_[part], self.mean_[part]
-            # One product per image: a matrix product's rounding depends on
-            # its shape, and an image's map must not depend on its batch.
-            for image in range(n_images):
-                delta = (x[image, part] - mean)[:, None]
-                squared[image, part] = torch.bmm(delta, precision).mul_(delta).sum((1, 2))
-        # Rounding can push a distance of about zero below it.
-        return squared.clamp_(min=0)
-
-    def _map(self, squared):
-        _, height, width = self.feature_shapes_[0]
-        maps = squared.sqrt().view(len(squared), height, width)
-        return smooth_upsample(maps, self.frame_size_, self.sigma)
+        channels = split_channels(self.channels_, [d for d, _, _ in features.shapes])
+        return embed(features.maps, channels, self.device_)
 
     def _batch_maps(self, features):
-        return self._map(self._squared_distances(features))
+        return self._maps()(*features.maps)
 
     def _training_maps(self, features):
         # A training image helped fit the Gaussians it is scored against, so
@@ -188,8 +179,9 @@ class PaDiM(BaseDetector):
         n = self.n_train_samples_
         if n < 3:
             return super()._training_maps(features)
-        return self._iter_batches(features, lambda batch, rows: self._map(
-            leave_one_out_squared(self._squared_distances(batch), n)))
+        maps = self._maps()
+        return self._iter_batches(features, lambda batch, rows: maps.to_map(
+            leave_one_out_squared(maps.squared_distances(*batch.maps), n)))
 
     def _fitted_tensors(self):
         return [self.mean_, self.precision_]
@@ -205,3 +197,75 @@ class PaDiM(BaseDetector):
             "mean_": TensorSpec((height * width, dim), torch.float32),
             "precision_": TensorSpec((height * width, dim, dim), torch.float32),
         }
+
+
+def embed(pyramid, channels, device=None):
+    """PaDiM's vectors: the kept channels of each position, ``(N, P, d)``."""
+    return concat_levels(pyramid, channels, device).flatten(2).transpose(1, 2)
+
+
+class PaDiMMaps(torch.nn.Module):
+    """A fitted PaDiM's anomaly maps of a feature pyramid, as one module.
+
+    What :class:`PaDiM` scores with and what :func:`skcflow.export_onnx`
+    exports: each position's vector of the kept channels, its Mahalanobis
+    distance to the position's Gaussian, upsampled and smoothed.
+
+    Parameters
+    ----------
+    channels : list of torch.Tensor
+        Per level, the kept channels (:func:`~skcflow.base.split_channels`).
+    mean, precision : torch.Tensor
+        ``mean_`` and ``precision_`` of the fitted PaDiM.
+    grid, frame_size : tuple of int
+        ``(H_1, W_1)`` of the finest level and the frame of the maps.
+    sigma : float
+        Smoothing of the maps, in frame pixels.
+    positions_per_step : int or None
+        Positions whose inverse covariances are used at once on a CPU, so
+        that they stay in cache for every image of the batch (in exported
+        graphs too); None: all.
+    """
+
+    def __init__(self, channels, mean, precision, grid, frame_size, sigma, positions_per_step=None):
+        super().__init__()
+        for k, kept in enumerate(channels):
+            self.register_buffer(f"channels_{k}", kept)
+        self.n_levels = len(channels)
+        self.register_buffer("mean", mean)
+        self.register_buffer("precision", precision)
+        self.grid, self.frame_size, self.sigma = tuple(grid), tuple(frame_size), sigma
+        self.positions_per_step = positions_per_step
+
+    def squared_distances(self, *pyramid):
+        """Squared Mahalanobis distances ``(N, P)`` of each image's positions."""
+        channels = [getattr(self, f"channels_{k}") for k in range(self.n_levels)]
+        x = embed(pyramid, channels, self.mean.device)
+        n_positions = x.shape[1]
+        step = self.positions_per_step or n_positions
+        pieces = []
+        for start in range(0, n_positions, step):
+            part = slice(start, start + step)
+            delta = (x[:, part] - self.mean[part])[:, :, None]
+            precision = self.precision[part]
+            if torch.compiler.is_exporting():
+                # An exported graph's runtime multiplies each image's vector
+                # at each position on its own, however many images there are.
+                product = torch.matmul(delta, precision)
+            else:
+                # One product per image here: torch folds the images of a
+                # batch into one product, whose rounding depends on its
+                # shape, and an image's map must not depend on its batch.
+                product = torch.stack([torch.bmm(image, precision) for image in delta])
+            pieces.append(product.mul(delta).sum((2, 3)))
+        # Rounding can push a distance of about zero below it.
+        return torch.cat(pieces, 1).clamp(min=0)
+
+    def to_map(self, squared):
+        """Maps ``(N, H_frame, W_frame)`` of squared distances ``(N, P)``."""
+        maps = squared.sqrt().view(-1, *self.grid)
+        return smooth_upsample(maps, self.frame_size, self.sigma)
+
+    def forward(self, *pyramid):
+        """Anomaly maps ``(N, H_frame, W_frame)``, float32, of the pyramid's level maps."""
+        return self.to_map(self.squared_distances(*pyramid))

@@ -6,8 +6,9 @@ Used by ``skcflow compare``; needs matplotlib (``pip install skcflow[plot]``).
 import html
 import os
 
-import numpy as np
 import pandas as pd
+
+from .overlay import overlay
 
 COLUMNS = ["model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
            "inference images/s", "fitted MB"]
@@ -24,27 +25,6 @@ def _pyplot():
             "reports need matplotlib: pip install 'skcflow[plot]'"
         ) from exc
     return plt
-
-
-def to_display(image, bit_depth):
-    """An image of ``bit_depth`` bits per sample as RGB uint8, for pictures.
-
-    Grey ``(H, W)`` images are repeated over three channels.
-    """
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype == np.uint8:
-        return image
-    scaled = image.astype(np.float64) * (255 / (2**bit_depth - 1))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def overlay(image, anomaly_map, vmin, vmax):
-    """An RGB uint8 picture: the image with the map as a translucent heat map."""
-    plt = _pyplot()
-    heat = plt.get_cmap("jet")(np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0, 1))
-    blended = 0.55 * image.astype(np.float32) / 255 + 0.45 * heat[..., :3]
-    return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
 def save_panel(path, image, mask, anomaly_map, predicted, vmin, vmax, title):

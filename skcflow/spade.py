@@ -124,7 +124,7 @@ class SPADE(BaseDetector):
         # Filled batch by batch: the gallery is the only full-size copy.
         for start in range(0, len(features), self.batch_size):
             batch = features[start : start + self.batch_size]
-            embedding = concat_levels(batch, device=self.device_)
+            embedding = concat_levels(batch.maps, device=self.device_)
             self.gallery_[start : start + len(batch)] = embedding.flatten(2).transpose(1, 2)
 
     def _neighbours(self, features, rows=None):
@@ -149,7 +149,7 @@ class SPADE(BaseDetector):
 
     def _batch_maps(self, features, rows=None):
         neighbours = self._neighbours(features, rows).indices.tolist()
-        queries = concat_levels(features, device=self.device_)
+        queries = concat_levels(features.maps, device=self.device_)
         n_images, _, height, width = queries.shape
         queries = queries.flatten(2).transpose(1, 2)
         distances = torch.stack([

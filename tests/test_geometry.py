@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from skcflow import FeatureExtractor, PaDiM, load_images, make_pipeline
-from skcflow.datasets import _into_frame
-from skcflow.geometry import frame_shape, placement, restore, to_frame
+from skcflow.features import to_frame
+from skcflow.geometry import (blur_matrix, frame_shape, into_frame, placement, resize_matrix,
+                              restore)
 from skcflow.metrics import pixel_auroc
 
 from conftest import FAST_DETECTORS
@@ -33,23 +34,42 @@ def test_letterbox_then_restore_gives_the_map_back():
     rows, cols = torch.meshgrid(torch.linspace(0, 1, 60), torch.linspace(0, 1, 150), indexing="ij")
     smooth = (torch.sin(3 * rows) + torch.cos(2 * cols))[None].double()
     for keep_aspect in (False, True):
-        framed = to_frame(smooth[:, None], (64, 64), keep_aspect)[:, 0]
+        framed = to_frame(smooth[:, None], (64, 64), keep_aspect)[:, 0].numpy()
         assert framed.shape == (1, 64, 64)
         back = restore(framed, (60, 150), (64, 64), keep_aspect)
         assert back.shape == (1, 60, 150)
         # Within 3% of the map's range of 2.6 (edges lose most to the
         # shrinking by up to 2.3 times).
-        assert float((back - smooth).abs().max()) < 0.03 * 2.6
+        assert float(np.abs(back - smooth.numpy()).max()) < 0.03 * 2.6
     # The padding never reaches the restored map.
-    frame = torch.full((1, 64, 64), 100.0)
+    frame = np.full((1, 64, 64), 100.0)
     top, left, height, width = placement((60, 150), (64, 64), True)
     frame[:, top : top + height, left : left + width] = 1.0
     assert restore(frame, (60, 150), (64, 64), True).max() == 1.0
 
 
+def test_resize_and_blur_matrices_match_torch():
+    import torch.nn.functional as F
+
+    maps = torch.randn(3, 1, 13, 21, dtype=torch.float64)
+    for size in [(40, 64), (7, 9), (13, 21), (26, 5)]:
+        expected = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+        rows, cols = resize_matrix(13, size[0]), resize_matrix(21, size[1])
+        np.testing.assert_allclose(rows @ maps[:, 0].numpy() @ cols.T, expected.numpy(), atol=1e-12)
+    for sigma in (1.0, 4.0, 30.0):
+        radius = min(int(4 * sigma + 0.5), 20)
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1)
+        expected = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), kernel)[:, 0]
+        np.testing.assert_allclose(maps[:, 0].numpy() @ blur_matrix(21, sigma).T, expected.numpy(),
+                                   atol=1e-12)
+    assert np.allclose(blur_matrix(21, 4.0).sum(1), 1) and np.allclose(resize_matrix(5, 17).sum(1), 1)
+
+
 def test_the_loader_and_the_extractor_letterbox_alike():
     image = np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8)
-    loaded = _into_frame(image, (64, 64), keep_aspect=True)
+    loaded = into_frame(image, (64, 64), keep_aspect=True)
     framed = to_frame(torch.from_numpy(image).permute(2, 0, 1)[None].float(), (64, 64), True)
     top, _, height, _ = placement((40, 64), (64, 64), True)
     assert (loaded[:top] == 0).all() and (loaded[top + height :] == 0).all()
@@ -92,7 +112,7 @@ def test_letterboxed_pipeline_cuts_maps_back_to_each_image(synthetic, name):
     assert maps.shape == test.shape[:3]
     # The same images letterboxed beforehand (as the loaders do) give the
     # frame's maps, whose content rows are exactly the maps above.
-    framed = np.stack([_into_frame(image, (64, 64), True) for image in test])
+    framed = np.stack([into_frame(image, (64, 64), True) for image in test])
     top, _, height, _ = placement((48, 64), (64, 64), True)
     np.testing.assert_allclose(pipe.anomaly_map(framed)[:, top : top + height], maps,
                                rtol=1e-5, atol=1e-5)

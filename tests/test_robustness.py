@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from skcflow import FeatureExtractor
-from skcflow.features import check_images
+from skcflow._images import check_images
 
 from conftest import FAST_DETECTORS
 

@@ -28,17 +28,18 @@ import torch
 from sklearn.utils import Bunch
 
 from .._version import __version__
-from ._container import ModelFileError, check_destination, read, write
+from ._container import ModelFileError, atomic_write, check_destination, read, write
 from ._state import _Where, describe, rebuild
 
-__all__ = ["FORMAT_VERSION", "ModelFileError", "check_destination", "load", "read_model_file", "save"]
+__all__ = ["FORMAT_VERSION", "ModelFileError", "atomic_write", "check_destination", "load",
+           "provenance", "read_model_file", "save"]
 
 FORMAT = "skcflow-model"
 # 4: safetensors with a SHA-256 digest, provenance and checked state.
 FORMAT_VERSION = 4
 
 
-def _provenance(model):
+def provenance(model):
     """Who made the model, and from which features."""
     if type(model).__name__ == "AnomalyPipeline":
         extractor = model[0].identity_
@@ -92,7 +93,7 @@ def save(model, path):
     tensors = {}
     description = describe(model, "", tensors)
     document = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                           "provenance": _provenance(model), "model": description},
+                           "provenance": provenance(model), "model": description},
                           allow_nan=False, sort_keys=True)
     write(path, document, tensors)
 

@@ -29,15 +29,24 @@ def write(path, document, tensors):
     """Write ``document`` (a JSON string) and ``tensors`` to ``path`` atomically."""
     from safetensors.torch import save_file
 
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    metadata = {_DOCUMENT: document, _DIGEST: tensor_digest(tensors, document)}
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+def atomic_write(path, write):
+    """Call ``write(temporary_path)``, then put that file at ``path`` atomically.
+
+    The temporary file is in ``path``'s folder, synced before it is renamed
+    over ``path``; if anything fails, it is removed and ``path`` is as it was.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     check_destination(path)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    metadata = {_DOCUMENT: document, _DIGEST: tensor_digest(tensors, document)}
     handle, temporary = tempfile.mkstemp(prefix=".skcflow-", suffix=".tmp", dir=folder)
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata=metadata)
+        write(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
