@@ -34,6 +34,7 @@ setup(
         "onnx",
         "onnxscript",
         "onnxruntime",
+        "dask[distributed]",
         "tqdm",
     ],
     extras_require={

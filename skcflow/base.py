@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import resolve_device
-from ._fitted import device, integer, optional, real, sequence, shape
+from ._fitted import TensorSpec, device, integer, optional, real, sequence, shape
 from ._progress import progress
 from .features import IDENTITY, Features
 from .geometry import resize_matrix, restore, smooth_resize_matrix
@@ -152,22 +152,92 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
         Parameters
         ----------
-        X : Features
-            Output of :meth:`skcflow.FeatureExtractor.transform`.
+        X : Features, or a re-iterable of Features
+            Output of :meth:`skcflow.FeatureExtractor.transform`; or, for
+            training sets larger than memory, batches of it that can be
+            iterated over twice (a list of ``Features``, or a
+            :class:`~skcflow.pipeline.FeatureStream`, which reads and encodes
+            images from files as it goes): fit then holds one batch at a time
+            (and the method's statistics), and a second pass scores the
+            training images for the thresholds.
         y : array-like of shape (n_images,) or (n_images, H, W), default=None
-            Optional image labels (1 anomalous) or masks; only normal
-            samples are used, so model-selection folds may hold anomalies.
+            Optional image labels (1 anomalous) or masks, with ``Features``
+            only; only normal samples are used, so model-selection folds may
+            hold anomalies.
 
         Returns
         -------
         self
         """
         self._validate_params()
-        features = normal_samples(self._check_features(X, reset=True), y)
-        self.device_ = resolve_device(self.device)
-        self._fit(features)
-        self.n_train_samples_ = len(features)
-        self.offset_ = float(np.quantile(-self._training_scores(features), self.contamination))
+        if isinstance(X, Features):
+            batches = [normal_samples(self._check_features(X, reset=True), y)]
+        else:
+            if y is not None:
+                raise ValueError("y is taken with Features only, not with a stream of batches.")
+            batches = _reiterable(X)
+        self._learn(batches, first=True, in_memory=isinstance(X, Features))
+        self._fit_thresholds(batches)
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Learn from more normal images: the first call fits, later ones update.
+
+        What an update is exact for, and what it approximates, depends on
+        the method (see its documentation). The thresholds come from the
+        training images' scores, those of earlier calls as they were scored
+        then, and those of the new images under the updated model.
+
+        Parameters
+        ----------
+        X : Features
+            A batch of normal images' features.
+        y : array-like, default=None
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        first = "offset_" not in vars(self)
+        features = normal_samples(self._check_features(X, reset=first), y)
+        start = 0 if first else self.n_train_samples_
+        if not first:
+            self._resume()
+        self._learn([features], first=first, in_memory=False)
+        self._fit_thresholds([features], start)
+        return self
+
+    def _learn(self, batches, first, in_memory):
+        """Accumulate ``batches`` into the method's statistics, then complete it."""
+        for batch in progress(batches, self.verbose, desc="fitting", unit="batch"):
+            if first:
+                batch = self._check_features(batch, reset=True)
+                self.device_ = resolve_device(self.device)
+                self.n_train_samples_ = 0
+                self._begin(batch, in_memory)
+                first = False
+            batch = self._check_features(batch)
+            self._accumulate(batch)
+            self.n_train_samples_ += len(batch)
+        if first:
+            raise ValueError("no images were given (empty input).")
+        self._complete()
+
+    def _fit_thresholds(self, batches, start=0):
+        """``offset_`` and ``pixel_threshold_`` from the training images' scores.
+
+        The images of ``batches`` are scored (each left out of its own
+        statistics where the method can) and join those scored before
+        ``start``.
+        """
+        scores, maxima = self._training_outputs(batches, start)
+        if start:
+            scores = np.concatenate([self.training_scores_, scores])
+            maxima = np.concatenate([self.training_map_maxima_, maxima])
+        self.training_scores_, self.training_map_maxima_ = scores, maxima
+        self.offset_ = float(np.quantile(-scores, self.contamination))
         if self.pixel_threshold is not None:
             self.pixel_threshold_ = float(self.pixel_threshold)
         elif type(self)._batch_scores is BaseDetector._batch_scores:
@@ -175,14 +245,51 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         else:
             # Image scores and maps then differ in scale: the same share of
             # training images gets a non-empty mask as is flagged anomalous.
-            maxima = self._scores(self._training_maps(features))
             self.pixel_threshold_ = float(np.quantile(maxima, 1 - self.contamination))
         self.model_size_bytes_ = self._model_size()
-        return self
+
+    def _training_outputs(self, batches, start):
+        """Image scores and map maxima ``(N,), (N,)`` of the training images in ``batches``."""
+        outputs = []
+        for batch in batches:
+            outputs += self._iter_batches(batch, self._training_batch, start)
+            start += len(batch)
+        outputs = torch.cat(outputs).double().numpy()
+        return outputs[:, 0], outputs[:, 1]
+
+    def _training_batch(self, features, rows):
+        """``(B, 2)``: each training image's score and map maximum.
+
+        ``rows`` are the images' indices among all training images, for the
+        methods that leave an image out of its own scoring.
+        """
+        maxima = self._training_batch_maps(features, rows).flatten(1).amax(1)
+        return torch.stack([maxima, maxima], 1)
+
+    def _training_batch_maps(self, features, rows):
+        """Maps of training images, from which the thresholds come; methods
+        that can leave each image out of its own statistics do."""
+        return self._batch_maps(features)
 
     @abstractmethod
-    def _fit(self, features):
-        """Learn the method's state from normal ``features``."""
+    def _begin(self, features, in_memory):
+        """Start the method's statistics, from the first batch of a fit.
+
+        ``in_memory``: the whole training set is this one batch, so it may
+        be kept.
+        """
+
+    @abstractmethod
+    def _accumulate(self, features):
+        """Add a batch of normal images to the statistics."""
+
+    @abstractmethod
+    def _complete(self):
+        """The fitted state, from the statistics (after every update)."""
+
+    def _resume(self):
+        """Restore statistics an update needs that a saved or pickled model
+        lacks (they are kept in memory only)."""
 
     @abstractmethod
     def _batch_maps(self, features):
@@ -209,10 +316,12 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             "model_size_bytes_": integer(0),
         }
 
-    @abstractmethod
     def _fitted_tensor_specs(self):
         """Shape and dtype of each fitted tensor, from the parameters and the
         plain fitted attributes: ``{name: TensorSpec or list of them}``."""
+        n = self.n_train_samples_
+        return {"training_scores_": TensorSpec((n,), torch.float64, array=True),
+                "training_map_maxima_": TensorSpec((n,), torch.float64, array=True)}
 
     def _model_size(self):
         return sum(t.numel() * t.element_size() for t in self._fitted_tensors())
@@ -231,18 +340,6 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         default pixel threshold then comes from the training maps.
         """
         return self._batch_maps(features).flatten(1).amax(1)
-
-    def _training_maps(self, features):
-        """Maps of the training images, from which the thresholds come.
-
-        Methods whose training maps are degenerate (a nearest neighbour
-        finds the image itself) override this and ``_training_scores``.
-        """
-        return self._iter_maps(features)
-
-    def _training_scores(self, features):
-        """Image anomaly scores of the training images, for ``offset_``."""
-        return self._scores(self._training_maps(features))
 
     def _check_features(self, X, reset=False):
         if not isinstance(X, Features):
@@ -278,18 +375,19 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             )
         return X
 
-    def _iter_batches(self, features, compute):
+    def _iter_batches(self, features, compute, first_row=0):
         """Yield ``compute(batch, rows)`` batch by batch.
 
         Memory does not grow with the set. ``rows``, the batch's ``range``
-        in ``features``, lets a method leave a training image out of its
-        own scoring.
+        of indices (``features`` starting at ``first_row``), lets a method
+        leave a training image out of its own scoring.
         """
         starts = range(0, len(features), self.batch_size)
         for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
-            rows = range(start, min(start + self.batch_size, len(features)))
+            stop = min(start + self.batch_size, len(features))
+            rows = range(first_row + start, first_row + stop)
             with torch.inference_mode():
-                out = compute(features[start : rows.stop], rows)
+                out = compute(features[start:stop], rows)
             if not torch.isfinite(out).all():
                 raise FloatingPointError(
                     f"{type(self).__name__} produced non-finite anomaly maps or scores; "
@@ -303,10 +401,6 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     def _image_scores(self, features, compute):
         """Image scores ``compute(batch, rows)``, batch by batch, as float64."""
         return np.concatenate([s.double().numpy() for s in self._iter_batches(features, compute)])
-
-    @staticmethod
-    def _scores(maps):
-        return np.concatenate([m.flatten(1).amax(1).double().numpy() for m in maps])
 
     def anomaly_map(self, X):
         """Per-pixel anomaly maps, higher where more anomalous.
@@ -397,7 +491,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     def __getstate__(self):
         # Fitted tensors travel on the CPU, so a model fitted on a GPU loads
-        # and scores on a machine without one; caches are rebuilt on demand.
+        # and scores on a machine without one; caches are rebuilt on demand,
+        # and running statistics (_cache_*) stay in memory (see _resume).
         state = {
             key: _to_cpu(value)
             for key, value in super().__getstate__().items()
@@ -406,6 +501,16 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         if "device_" in state:
             state["device_"] = torch.device("cpu")
         return state
+
+
+def _reiterable(batches):
+    """``batches`` if it can be iterated over more than once, which fit needs."""
+    if iter(batches) is batches:
+        raise TypeError(
+            "fit iterates over the batches twice (statistics, then thresholds), so it takes a "
+            "re-iterable of Features (a list, or a FeatureStream), not an iterator or generator."
+        )
+    return batches
 
 
 def _to_cpu(value):

@@ -45,19 +45,38 @@ def _size_text(size):
     return f"{size} px" if isinstance(size, int) else f"{size[0]}x{size[1]} px"
 
 
-def _dataset(args):
+def _categories(args):
+    """The categories a run covers: ``[None]`` for the synthetic data.
+
+    ``--category all`` is every folder of ``--root`` with a ``train``
+    folder; a comma-separated list names several.
+    """
+    if not (args.root or args.category):
+        return [None]
+    if not (args.root and args.category):
+        raise ValueError("give both --root and --category for an MVTec-layout dataset.")
+    if args.category != "all":
+        return [c.strip() for c in args.category.split(",") if c.strip()]
+    root = Path(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Root folder not found: {root}")
+    categories = sorted(c.name for c in root.iterdir() if (c / "train").is_dir())
+    if not categories:
+        raise ValueError(f"{root} holds no category folder (with a 'train' folder).")
+    return categories
+
+
+def _dataset(args, category):
     """``(train, test, size, description)``: an MVTec category or the synthetic default."""
     from .datasets import load_mvtec, make_defects
 
-    if args.root or args.category:
-        if not (args.root and args.category):
-            raise ValueError("give both --root and --category for an MVTec-layout dataset.")
+    if category is not None:
         size = args.image_size or 256
-        train = load_mvtec(args.root, args.category, split="train", image_size=size,
+        train = load_mvtec(args.root, category, split="train", image_size=size,
                            keep_aspect=args.keep_aspect)
-        test = load_mvtec(args.root, args.category, split="test", image_size=size,
+        test = load_mvtec(args.root, category, split="test", image_size=size,
                           keep_aspect=args.keep_aspect)
-        return train, test, size, f"{args.category} ({args.root}), {_size_text(size)}"
+        return train, test, size, f"{category} ({args.root}), {_size_text(size)}"
     size = args.image_size or 128
     if not isinstance(size, int):
         raise ValueError("the synthetic data is square: give --image-size as one number.")
@@ -72,14 +91,41 @@ def _timed(function, *args):
 
 
 def compare(args):
+    """Fit and evaluate the detectors on each category, and write one report."""
+    from . import report
+    from ._jobs import run_jobs
+
+    categories = _categories(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    several = len(categories) > 1
+    tasks = [(args, category, out, category if several else "") for category in categories]
+    sections = run_jobs(_compare_category, tasks, args.backend, args.scheduler, args.jobs)
+    table = report.results_table([row for section in sections for row in section["rows"]])
+    table.to_csv(out / "results.csv", index=False)
+    title = (f"skcflow comparison: {len(categories)} categories of {args.root}" if several
+             else f"skcflow comparison: {sections[0]['description']}")
+    report.write_index(str(out), title, table, sections)
+    for section in sections:
+        print(f"skcflow compare on {section['description']}: {section['n_train']} train, "
+              f"{section['n_test']} test images")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a"))
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def _compare_category(args, category, out, subfolder, threads=None):
+    """One category's rows, ROC plot and panels (files in ``out / subfolder``), for the report."""
     from sklearn.metrics import roc_curve
 
     from . import report
+    from ._jobs import use_threads
     from .metrics import aupro, image_auroc, pixel_auroc
 
-    train, test, size, description = _dataset(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    use_threads(threads)
+    folder = out / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test, size, description = _dataset(args, category)
     extractor = _extractor(args, size).fit(train.images)
     train_features = extractor.transform(train.images)
     test_features, encode_seconds = _timed(extractor.transform, test.images)
@@ -95,6 +141,7 @@ def compare(args):
         # (NaN, shown as n/a), rather than computed against empty masks.
         known = test.masks is not None
         rows.append({
+            **({} if category is None else {"category": category}),
             "model": model,
             "image AUROC": image_auroc(test.target, scores),
             "pixel AUROC": pixel_auroc(test.masks, maps) if known else np.nan,
@@ -105,15 +152,11 @@ def compare(args):
         })
         fpr, tpr, _ = roc_curve(test.target, scores)
         curves[model] = (fpr, tpr, rows[-1]["image AUROC"])
-        panels += _case_panels(out, model, test, maps, scores, detector, extractor.bit_depth_)
-    table = report.results_table(rows)
-    table.to_csv(out / "results.csv", index=False)
-    report.save_roc(out / "roc.png", curves)
-    report.write_index(str(out), f"skcflow comparison: {description}", table, panels)
-    print(f"skcflow compare on {description}: {len(train.images)} train, {n_test} test images")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a"))
-    print(f"report: {out / 'index.html'}")
-    return 0
+        panels += _case_panels(folder, model, test, maps, scores, detector, extractor.bit_depth_)
+    report.save_roc(folder / "roc.png", curves)
+    return {"heading": subfolder and category, "folder": subfolder,
+            "panels": panels, "rows": rows, "description": description,
+            "n_train": len(train.images), "n_test": n_test}
 
 
 def _case_panels(out, model, test, maps, scores, detector, bit_depth):
@@ -146,27 +189,53 @@ def _case_panels(out, model, test, maps, scores, detector, bit_depth):
 
 
 def fit(args):
-    from .datasets import load_images, load_mvtec
-    from .persistence import check_destination, save
-    from .pipeline import make_pipeline
+    """Fit a pipeline per category (or on ``--images``) and save it."""
+    from ._jobs import run_jobs
+    from .persistence import check_destination
 
-    # Before any training: a bad destination fails now, not after the fit.
-    check_destination(args.out)
-    size = args.image_size or 256
     if args.images:
-        images = load_images(args.images, image_size=size, errors=_errors(args),
-                             keep_aspect=args.keep_aspect).images
+        tasks = [(args, args.images, Path(args.out))]
     elif args.root and args.category:
-        images = load_mvtec(args.root, args.category, split="train", image_size=size,
-                            keep_aspect=args.keep_aspect).images
+        categories = _categories(args)
+        if len(categories) == 1:
+            tasks = [(args, Path(args.root) / categories[0] / "train" / "good", Path(args.out))]
+        else:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            tasks = [(args, Path(args.root) / c / "train" / "good", Path(args.out) / f"{c}.skcflow")
+                     for c in categories]
     else:
         raise ValueError("give --images DIR, or --root DIR and --category NAME.")
-    pipe = make_pipeline(_extractor(args, size), _detector(args.model, args))
-    _, seconds = _timed(pipe.fit, images)
-    save(pipe, args.out)
-    print(f"fitted {type(pipe[-1]).__name__} on {len(images)} images in {seconds:.1f} s; "
-          f"saved to {args.out}")
+    # Before any training: a bad destination fails now, not after the fit.
+    for _, _, out in tasks:
+        check_destination(out)
+    for line in run_jobs(_fit_one, tasks, args.backend, args.scheduler, args.jobs):
+        print(line)
     return 0
+
+
+def _fit_one(args, images, out, threads=None):
+    """Fit a pipeline on a folder or files of good images, streamed, and save it."""
+    from ._jobs import use_threads
+    from .persistence import save
+    from .pipeline import make_pipeline
+    from .streaming import FeatureStream
+
+    use_threads(threads)
+    extractor = _extractor(args, args.image_size or 256)
+    pipe = make_pipeline(extractor, _detector(args.model, args))
+    stream = FeatureStream(extractor, images, errors=_errors(args))
+    start = time.perf_counter()
+    extractor.fit(next(iter(stream.image_batches())))
+    pipe[-1].fit(stream)
+    seconds = time.perf_counter() - start
+    save(pipe, out)
+    return (f"fitted {type(pipe[-1]).__name__} on {pipe[-1].n_train_samples_} images in "
+            f"{seconds:.1f} s; saved to {out}")
+
+
+# Files scored at once: bounds memory, and is the unit of work shared out
+# among jobs.
+_SCORE_CHUNK = 256
 
 
 def score(args):
@@ -176,59 +245,95 @@ def score(args):
     taken back to the file's pixel grid (:func:`skcflow.geometry.restore`),
     so overlays and masks line up with the original files. A ``.onnx`` model
     (from ``skcflow export``) is scored by onnxruntime through
-    :mod:`skcflow.runtime`, without torch.
+    :mod:`skcflow.runtime`, without torch. Files are scored a chunk at a
+    time, in this process or, with ``--jobs`` or ``--backend dask``, shared
+    out among jobs.
     """
-    from .readers import read_images
+    from .readers import list_files
 
-    if str(args.model).lower().endswith(".onnx"):
-        from .runtime import OnnxDetector
-
-        model = OnnxDetector(args.model)
-        settings = model.frame_size_, model.keep_aspect_, model.bit_depth_
-        thresholds = model.offset_, model.pixel_threshold_
-        run = model.run
+    paths, _ = list_files(args.images)
+    out = Path(args.out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    tasks = [(args.model, paths[i : i + _SCORE_CHUNK], out, i, _errors(args))
+             for i in range(0, len(paths), _SCORE_CHUNK)]
+    if args.backend == "loky" and args.jobs in (None, 1):
+        # In this process, without joblib: the torch-free runtime needs
+        # nothing more than numpy, onnxruntime and Pillow.
+        results = [_score_files(*task) for task in tasks]
     else:
-        pipe = _load_pipeline(args.model)
-        extractor, detector = pipe[0], pipe[-1]
-        settings = extractor.frame_size_, extractor.keep_aspect, extractor.bit_depth_
-        thresholds = detector.offset_, detector.pixel_threshold_
+        from ._jobs import run_jobs
 
-        def run(images):
-            features = pipe[:-1].transform(images)
-            return detector.anomaly_map(features), -detector.score_samples(features)
-
-    images, filenames, sizes, _ = read_images(args.images, settings[0], settings[1], _errors(args))
-    maps, scores = run(images)
-    _write_scored(Path(args.out), filenames, sizes, maps, scores, settings, thresholds)
+        results = run_jobs(_score_files, tasks, args.backend, args.scheduler, args.jobs)
+    rows = [row for result in results for row in result]
+    if not rows:
+        raise ValueError(f"No image could be scored from {args.images}.")
+    with open(out / "scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "score", "label"])
+        writer.writerows(rows)
+    n_anomalous = sum(row[2] == "anomalous" for row in rows)
+    print(f"scored {len(rows)} images ({n_anomalous} anomalous); results in {out / 'scores.csv'}, "
+          "overlays and masks at each file's size")
     return 0
 
 
-def _write_scored(out, filenames, sizes, maps, scores, settings, thresholds):
-    """``scores.csv``, and an overlay and a mask per file at the file's own size."""
+_MODELS = {}
+
+
+def _scorer(path):
+    """``(settings, thresholds, run)`` of a model file, loaded once per process."""
+    if path not in _MODELS:
+        if str(path).lower().endswith(".onnx"):
+            from .runtime import OnnxDetector
+
+            model = OnnxDetector(path)
+            settings = model.frame_size_, model.keep_aspect_, model.bit_depth_
+            _MODELS[path] = settings, (model.offset_, model.pixel_threshold_), model.run
+        else:
+            pipe = _load_pipeline(path)
+            extractor, detector = pipe[0], pipe[-1]
+
+            def run(images):
+                features = pipe[:-1].transform(images)
+                return detector.anomaly_map(features), -detector.score_samples(features)
+
+            settings = extractor.frame_size_, extractor.keep_aspect, extractor.bit_depth_
+            _MODELS[path] = settings, (detector.offset_, detector.pixel_threshold_), run
+    return _MODELS[path]
+
+
+def _score_files(model_path, paths, out, first_index, errors, threads=None):
+    """Score files, write their overlays and masks; their ``scores.csv`` rows."""
     from PIL import Image
 
     from .geometry import restore
     from .overlay import overlay, to_display
-    from .readers import read_image
+    from .readers import read_image, read_images
 
-    frame, keep_aspect, bit_depth = settings
-    offset, pixel_threshold = thresholds
+    if threads is not None:
+        from ._jobs import use_threads
+
+        use_threads(threads)
+    (frame, keep_aspect, bit_depth), (offset, pixel_threshold), run = _scorer(model_path)
+    try:
+        images, filenames, sizes, _ = read_images(paths, frame, keep_aspect, errors)
+    except ValueError as exc:
+        if errors == "skip" and str(exc).startswith("No image could be loaded"):
+            return []
+        raise
+    maps, scores = run(images)
     # predict's rule, on the scores already computed.
     labels = np.where(-scores - offset >= 0, 1, -1)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "score", "label"])
-        for i, (path, s, label) in enumerate(zip(filenames, scores, labels)):
-            writer.writerow([path, f"{s:.6g}", "anomalous" if label == -1 else "normal"])
-            own = restore(maps[i : i + 1], sizes[i], frame, keep_aspect)[0]
-            image = to_display(read_image(path), bit_depth)
-            stem = f"{i:04d}_{Path(path).stem}"
-            Image.fromarray(overlay(image, own, 0.0, 2 * pixel_threshold)).save(out / f"{stem}.png")
-            mask = (own > pixel_threshold).astype(np.uint8) * 255
-            Image.fromarray(mask).save(out / "masks" / f"{stem}_mask.png")
-    print(f"scored {len(scores)} images ({int((labels == -1).sum())} anomalous); "
-          f"results in {out / 'scores.csv'}, overlays and masks at each file's size")
+    rows = []
+    for i, (path, s, label) in enumerate(zip(filenames, scores, labels)):
+        rows.append([path, f"{s:.6g}", "anomalous" if label == -1 else "normal"])
+        own = restore(maps[i : i + 1], sizes[i], frame, keep_aspect)[0]
+        image = to_display(read_image(path), bit_depth)
+        stem = f"{first_index + i:04d}_{Path(path).stem}"
+        Image.fromarray(overlay(image, own, 0.0, 2 * pixel_threshold)).save(out / f"{stem}.png")
+        mask = (own > pixel_threshold).astype(np.uint8) * 255
+        Image.fromarray(mask).save(out / "masks" / f"{stem}_mask.png")
+    return rows
 
 
 def export(args):
@@ -335,6 +440,17 @@ def _add_model_options(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_job_options(parser, what):
+    from ._jobs import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="loky",
+                        help=f"run {what} as joblib jobs on this machine (loky) or on a Dask cluster")
+    parser.add_argument("--scheduler", help="address of a dask.distributed scheduler (with "
+                                            "--backend dask; without one, a local cluster is started)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="jobs at once (and local Dask workers); default: one per core")
+
+
 def _add_skip_option(parser):
     parser.add_argument("--skip-bad-files", action="store_true",
                         help="skip unreadable images with a warning instead of stopping")
@@ -348,19 +464,22 @@ def build_parser():
     p = commands.add_parser("compare", help="fit and evaluate detectors, write a report")
     p.add_argument("--models", default="cflow,padim,spade")
     p.add_argument("--root", help="MVTec-layout dataset folder")
-    p.add_argument("--category", help="category inside --root")
+    p.add_argument("--category", help="category inside --root, a comma-separated list, or 'all'")
     p.add_argument("--out", default="skcflow-report", help="report folder")
     _add_model_options(p)
+    _add_job_options(p, "one job per category")
     p.set_defaults(func=compare)
 
     p = commands.add_parser("fit", help="fit a detector on good images and save it")
     p.add_argument("--model", default="cflow", choices=sorted(DETECTORS))
     p.add_argument("--root")
-    p.add_argument("--category")
+    p.add_argument("--category", help="category inside --root, a comma-separated list, or 'all'")
     p.add_argument("--images", nargs="+", help="image files or folders of good images")
     _add_skip_option(p)
-    p.add_argument("--out", required=True, help="model file to write")
+    p.add_argument("--out", required=True,
+                   help="model file to write (a folder, for one model per category)")
     _add_model_options(p)
+    _add_job_options(p, "one job per category")
     p.set_defaults(func=fit)
 
     p = commands.add_parser("score", help="score images with a saved model")
@@ -368,6 +487,7 @@ def build_parser():
     p.add_argument("images", nargs="+", help="image files or folders")
     _add_skip_option(p)
     p.add_argument("--out", required=True, help="output folder")
+    _add_job_options(p, "chunks of files")
     p.set_defaults(func=score)
 
     p = commands.add_parser("export", help="export a saved pipeline to ONNX, for onnxruntime")

@@ -26,6 +26,7 @@ from ._fitted import (boolean, device, integer, mapping, one_of, real, sequence,
 from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
 from .geometry import frame_shape, placement
+from .readers import is_paths
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
 # mean 127 / std 128), not on torchvision's ImageNet statistics.
@@ -488,9 +489,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _images(self, X):
         """``X`` as checked images, files read into the frame."""
-        if isinstance(X, (str, os.PathLike)) or (
-            isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike))
-        ):
+        if is_paths(X):
             from .datasets import load_images
 
             X = load_images(X, image_size=self._check_frame(), keep_aspect=self.keep_aspect).images

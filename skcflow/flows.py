@@ -107,6 +107,16 @@ class PositionWhitening(nn.Module):
             eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
             self.whitener[part] = torch.linalg.solve_triangular(factor, eye, upper=False).to(self.whitener)
 
+    def at(self, x, positions):
+        """Whiten vectors ``(K, dim)``, each at its own flat position ``(K,)``."""
+        out = torch.empty_like(x)
+        order = positions.argsort(stable=True)
+        counts = torch.bincount(positions, minlength=len(self.mean)).tolist()
+        for position, rows in enumerate(order.split(counts)):
+            if len(rows):
+                out[rows] = (x[rows] - self.mean[position]) @ self.whitener[position].T
+        return out
+
     def log_det(self):
         """``log |det du/dx|`` per position, ``(P,)``."""
         return self.whitener.diagonal(dim1=-2, dim2=-1).log().sum(-1)

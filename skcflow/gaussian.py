@@ -17,6 +17,11 @@ _MIN_REMAINING = 1e-12
 class PositionMoments:
     """Running float64 sums of vectors and of their outer products per position.
 
+    They are sufficient for the mean and covariance at every position and
+    for the Ledoit-Wolf shrinkage intensity, so images can be added a batch
+    at a time (a streaming or incremental fit) with the same result as all
+    at once, up to rounding.
+
     Parameters
     ----------
     n_positions, dim : int
@@ -35,19 +40,39 @@ class PositionMoments:
             moments.update(x)
         return moments
 
+    @classmethod
+    def of_gaussians(cls, count, mean, covariance):
+        """Moments that ``count`` vectors with this mean and (unbiased) covariance
+        per position would have; the fourth-order sums are left at zero, so
+        :meth:`shrinkage` cannot be used on them."""
+        moments = cls(*mean.shape, mean.device)
+        mean = mean.double()
+        moments.count = count
+        moments.total = count * mean
+        moments.outer = (count - 1) * covariance.double() + count * mean[:, :, None] * mean[:, None, :]
+        return moments
+
     def __init__(self, n_positions, dim, device):
         # float64: the covariance is a difference, E[xx'] - mm', which
         # cancels most of the digits float32 would keep.
         self.count = 0
         self.total = torch.zeros(n_positions, dim, dtype=torch.float64, device=device)
         self.outer = torch.zeros(n_positions, dim, dim, dtype=torch.float64, device=device)
+        # For the shrinkage intensity in one pass: sums of |x|^2, |x|^4 and |x|^2 x.
+        self.norm2 = torch.zeros(n_positions, dtype=torch.float64, device=device)
+        self.norm4 = torch.zeros(n_positions, dtype=torch.float64, device=device)
+        self.norm2_x = torch.zeros(n_positions, dim, dtype=torch.float64, device=device)
 
     def update(self, x):
         """Add a batch of vectors ``(B, P, dim)``."""
         x = x.double().transpose(0, 1)
+        squares = x.square().sum(-1)
         self.count += x.shape[1]
         self.total += x.sum(1)
         self.outer.baddbmm_(x.transpose(1, 2), x)
+        self.norm2 += squares.sum(1)
+        self.norm4 += squares.square().sum(1)
+        self.norm2_x += (squares[:, :, None] * x).sum(1)
 
     def mean(self):
         """Mean vector per position, ``(P, dim)`` float64."""
@@ -63,7 +88,7 @@ class PositionMoments:
         total = sum(self._covariances(part).sum(0) for part in self._parts())
         return total / len(self.total) * self.count / max(self.count - 1, 1)
 
-    def shrinkage(self, batches):
+    def shrinkage(self):
         """Ledoit-Wolf intensity of shrinking the covariances to their average.
 
         The share ``delta`` of :meth:`average_covariance` in
@@ -73,18 +98,19 @@ class PositionMoments:
         "A well-conditioned estimator for large-dimensional covariance
         matrices", 2004), with one intensity for all positions. It falls
         as vectors outnumber dimensions: few vectors get mostly the average.
-
-        Parameters
-        ----------
-        batches : iterable of torch.Tensor of shape (B, P, dim)
-            The vectors the moments were accumulated from, again.
+        The spread's sum of ``|x - m|^4`` is expanded in the running sums,
+        so no second pass over the vectors is needed.
 
         Returns
         -------
         delta : float in [0, 1]
         """
         mean, n = self.mean(), self.count
-        fourth = sum((x.double() - mean).square().sum(-1).square().sum(0) for x in batches)
+        mean_norm2 = mean.square().sum(-1)
+        mean_outer_mean = torch.einsum("pd,pde,pe->p", mean, self.outer, mean)
+        fourth = (self.norm4 - 4 * (mean * self.norm2_x).sum(-1) + 4 * mean_outer_mean
+                  + 2 * mean_norm2 * self.norm2 - 4 * mean_norm2 * (mean * self.total).sum(-1)
+                  + n * mean_norm2.square())
         average = self.average_covariance() * (n - 1) / n
         spread, distance = 0.0, 0.0
         for part in self._parts():
@@ -103,17 +129,16 @@ class PositionMoments:
         With ``shrinkage=delta``, each covariance is
         ``(1 - delta) S_p + delta S_average`` (see :meth:`shrinkage`), which
         stays well conditioned when there are few vectors per position.
-
-        The sums of outer products are turned into the covariances in place
-        (unbiased, as ``np.cov``; a single vector leaves only the ridge), so
-        the moments cannot be used again afterwards.
+        Covariances are unbiased, as ``np.cov``'s; a single vector leaves
+        only the ridge. The sums are left as they are, so more vectors can
+        be added afterwards.
         """
         n, mean = self.count, self.mean()
         ridge = reg * torch.eye(mean.shape[1], dtype=torch.float64, device=mean.device)
         average = shrinkage * self.average_covariance() if shrinkage else 0
         for part in self._parts():
             m = mean[part]
-            cov = self.outer[part].baddbmm_(m[:, :, None], m[:, None, :], alpha=-n)
+            cov = torch.baddbmm(self.outer[part], m[:, :, None], m[:, None, :], alpha=-n)
             cov.div_(max(n - 1, 1)).mul_(1 - shrinkage).add_(average).add_(ridge)
             factor, info = torch.linalg.cholesky_ex(cov)
             if info.any():

@@ -10,7 +10,6 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from ._fitted import TensorSpec
-from ._progress import progress
 from .base import BaseDetector, concat_levels, smooth_upsample, split_channels
 from .gaussian import PositionMoments, leave_one_out_squared
 
@@ -133,21 +132,34 @@ class PaDiM(BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _fit(self, features):
+    def _begin(self, features, in_memory):
         n_channels = sum(dim for dim, _, _ in features.shapes)
         generator = torch.Generator().manual_seed(self._seed())
         chosen = torch.randperm(n_channels, generator=generator)[: self.n_features]
         self.channels_ = chosen.sort().values.numpy()
-        dim = len(self.channels_)
-        starts = range(0, len(features), self.batch_size)
-        moments = PositionMoments.of(
-            self._embed(features[start : start + self.batch_size])
-            for start in progress(starts, self.verbose, desc="fitting", unit="batch")
-        )
+        _, height, width = features.shapes[0]
+        self._cache_moments = PositionMoments(height * width, len(self.channels_), self.device_)
+
+    def _accumulate(self, features):
+        for start in range(0, len(features), self.batch_size):
+            self._cache_moments.update(self._embed(features[start : start + self.batch_size]))
+
+    def _complete(self):
+        moments = self._cache_moments
         self.mean_ = moments.mean().float()
-        self.precision_ = torch.empty(len(self.mean_), dim, dim, device=self.device_)
+        self.precision_ = torch.empty(len(self.mean_), *moments.outer.shape[1:], device=self.device_)
         for part, factor in moments.cholesky_factors(self.reg):
             self.precision_[part] = torch.cholesky_inverse(factor).float()
+
+    def _resume(self):
+        # A saved model keeps the Gaussians, not their float64 sums: the
+        # sums are rebuilt from them, exact to the float32 of precision_.
+        if "_cache_moments" in vars(self):
+            return
+        eye = torch.eye(self.precision_.shape[-1], dtype=torch.float64, device=self.device_)
+        covariance = torch.cat([torch.linalg.inv(chunk.double()) - self.reg * eye
+                                for chunk in self.precision_.split(256)])
+        self._cache_moments = PositionMoments.of_gaussians(self.n_train_samples_, self.mean_, covariance)
 
     def _maps(self):
         """The fitted state's scoring module (:class:`PaDiMMaps`), built once."""
@@ -172,16 +184,14 @@ class PaDiM(BaseDetector):
     def _batch_maps(self, features):
         return self._maps()(*features.maps)
 
-    def _training_maps(self, features):
+    def _training_batch_maps(self, features, rows):
         # A training image helped fit the Gaussians it is scored against, so
         # its distances are optimistic and thresholds set on them flag most
         # new normal images; its leave-one-out distances follow in closed form.
         n = self.n_train_samples_
-        if n < 3:
-            return super()._training_maps(features)
         maps = self._maps()
-        return self._iter_batches(features, lambda batch, rows: maps.to_map(
-            leave_one_out_squared(maps.squared_distances(*batch.maps), n)))
+        squared = maps.squared_distances(*features.maps)
+        return maps.to_map(squared if n < 3 else leave_one_out_squared(squared, n))
 
     def _fitted_tensors(self):
         return [self.mean_, self.precision_]
@@ -191,6 +201,7 @@ class PaDiM(BaseDetector):
         dim = min(self.n_features, total)
         _, height, width = self.feature_shapes_[0]
         return {
+            **super()._fitted_tensor_specs(),
             "channels_": TensorSpec(
                 (dim,), torch.int64, array=True, text=f"increasing channel indices below {total}",
                 values=lambda t: bool((t >= 0).all() and (t < total).all() and (t.diff() > 0).all())),

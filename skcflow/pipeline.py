@@ -31,6 +31,38 @@ class AnomalyPipeline(Pipeline):
     (2, 64, 64)
     """
 
+    def fit(self, X, y=None, **params):
+        """Fit the steps; a folder, files or batches of images are streamed.
+
+        Images held in memory (an array, a Bunch) are fitted as by
+        :class:`~sklearn.pipeline.Pipeline`. A folder, a file, a list of
+        files or a re-iterable of image batches is streamed instead
+        (:class:`~skcflow.streaming.FeatureStream`): the extractor is fitted
+        on the first batch (which fixes its bit depth), then the detector on
+        the stream, so that memory stays that of a batch.
+
+        Parameters
+        ----------
+        X : images, folder, files or re-iterable of image batches
+        y : array-like, default=None
+            Labels or masks, with images in memory only.
+
+        Returns
+        -------
+        self
+        """
+        from .streaming import FeatureStream, is_stream
+
+        if len(self) != 2 or not is_stream(X):
+            return super().fit(X, y, **params)
+        if y is not None or params:
+            raise ValueError("a streamed fit takes neither y nor fit parameters.")
+        extractor = self[0]
+        stream = FeatureStream(extractor, X)
+        extractor.fit(next(iter(stream.image_batches())))
+        self[-1].fit(stream)
+        return self
+
     @available_if(_final_step_has("anomaly_map"))
     def anomaly_map(self, X):
         """Transform ``X`` through the steps, then the detector's ``anomaly_map``."""

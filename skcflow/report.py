@@ -64,8 +64,8 @@ def save_roc(path, curves):
     plt.close(fig)
 
 
-def write_index(folder, title, table, panels):
-    """``index.html`` with the results table, the ROC plot and the panels.
+def write_index(folder, title, table, sections):
+    """``index.html`` with the results table, and each section's ROC plot and panels.
 
     Parameters
     ----------
@@ -73,14 +73,26 @@ def write_index(folder, title, table, panels):
         Report folder; image paths are relative to it.
     title : str
     table : pandas.DataFrame
-    panels : list of (str, str)
-        ``(caption, file name)`` pairs.
+    sections : list of dict
+        One per category: ``heading`` (None for a single section),
+        ``folder`` (its files' sub-folder, "" for the report folder) and
+        ``panels``, a list of ``(caption, file name)`` pairs.
     """
-    figures = "\n".join(
-        f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for caption, name in panels
-    )
+    parts = []
+    for section in sections:
+        prefix = f"{section['folder']}/" if section["folder"] else ""
+        figures = "\n".join(
+            f'<figure><img src="{html.escape(prefix + name)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for caption, name in section["panels"]
+        )
+        heading = f"<h2>{html.escape(section['heading'])}</h2>" if section["heading"] else ""
+        parts.append(f"""{heading}
+<h3>Image-level ROC</h3>
+<img src="{html.escape(prefix)}roc.png" alt="ROC curves">
+<h3>Best and worst cases</h3>
+{figures}""")
+    body = "\n".join(parts)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -92,10 +104,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #444; }}
 <h2>Results</h2>
 {table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="n/a")}
 <p>Data: <a href="results.csv">results.csv</a></p>
-<h2>Image-level ROC</h2>
-<img src="roc.png" alt="ROC curves">
-<h2>Best and worst cases</h2>
-{figures}
+{body}
 </body></html>
 """
     with open(os.path.join(folder, "index.html"), "w") as f:
@@ -103,5 +112,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #444; }}
 
 
 def results_table(rows):
-    """The comparison table, in the column order of every report."""
-    return pd.DataFrame(rows, columns=COLUMNS)
+    """The comparison table, in the column order of every report (by category first
+    when there are several)."""
+    columns = (["category"] if any("category" in row for row in rows) else []) + COLUMNS
+    return pd.DataFrame(rows, columns=columns)

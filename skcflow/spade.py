@@ -111,21 +111,31 @@ class SPADE(BaseDetector):
         self.device = device
         self.verbose = verbose
 
-    def _fit(self, features):
-        if len(features) < 2:
+    def _begin(self, features, in_memory):
+        self._cache_pooled, self._cache_gallery = [], []
+
+    def _accumulate(self, features):
+        # Batch by batch: the gallery is the only full-size copy.
+        for start in range(0, len(features), self.batch_size):
+            batch = features[start : start + self.batch_size]
+            self._cache_pooled.append(_pool(batch).to(self.device_))
+            embedding = concat_levels(batch.maps, device=self.device_)
+            self._cache_gallery.append(embedding.flatten(2).transpose(1, 2))
+
+    def _complete(self):
+        if self.n_train_samples_ < 2:
             raise ValueError(
                 "SPADE needs at least 2 training images: its thresholds compare "
                 "each training image with the others."
             )
-        self.pooled_ = _pool(features).to(self.device_)
-        _, height, width = features.shapes[0]
-        dim = sum(d for d, _, _ in features.shapes)
-        self.gallery_ = torch.empty(len(features), height * width, dim, device=self.device_)
-        # Filled batch by batch: the gallery is the only full-size copy.
-        for start in range(0, len(features), self.batch_size):
-            batch = features[start : start + self.batch_size]
-            embedding = concat_levels(batch.maps, device=self.device_)
-            self.gallery_[start : start + len(batch)] = embedding.flatten(2).transpose(1, 2)
+        self.pooled_ = torch.cat(self._cache_pooled)
+        self.gallery_ = torch.cat(self._cache_gallery)
+        # The gallery grows by appending: the next update starts from it.
+        self._cache_pooled, self._cache_gallery = [self.pooled_], [self.gallery_]
+
+    def _resume(self):
+        if "_cache_gallery" not in vars(self):
+            self._cache_pooled, self._cache_gallery = [self.pooled_], [self.gallery_]
 
     def _neighbours(self, features, rows=None):
         """Distances to, and indices of, each image's nearest training images.
@@ -159,13 +169,14 @@ class SPADE(BaseDetector):
         maps = distances.view(n_images, height, width)
         return smooth_upsample(maps, self.frame_size_, self.sigma)
 
-    # fit scores the gallery's own images, in order: the batches' rows name
-    # each image's gallery entry, which it must not find as its neighbour.
-    def _training_maps(self, features):
-        return self._iter_batches(features, self._batch_maps)
+    # The training images' rows name their gallery entries, which they must
+    # not find as their own neighbours.
+    def _training_batch_maps(self, features, rows):
+        return self._batch_maps(features, rows)
 
-    def _training_scores(self, features):
-        return self._image_scores(features, self._batch_scores)
+    def _training_batch(self, features, rows):
+        maxima = self._training_batch_maps(features, rows).flatten(1).amax(1)
+        return torch.stack([self._batch_scores(features, rows), maxima], 1)
 
     def _fitted_tensors(self):
         return [self.pooled_, self.gallery_]
@@ -175,6 +186,7 @@ class SPADE(BaseDetector):
         dim = sum(d for d, _, _ in self.feature_shapes_)
         n = self.n_train_samples_
         return {
+            **super()._fitted_tensor_specs(),
             "pooled_": TensorSpec((n, self.feature_shapes_[-1][0]), torch.float32),
             "gallery_": TensorSpec((n, height * width, dim), torch.float32),
         }

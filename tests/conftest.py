@@ -60,3 +60,9 @@ def _fixed_threads():
     yield
     torch.set_num_threads(threads)
     np.seterr(all="warn")
+
+
+def loo_maps(model, features):
+    """A fitted detector's training maps of ``features`` (its training images,
+    in order), each image left out of its own statistics where it can be."""
+    return np.concatenate([m.numpy() for m in model._iter_batches(features, model._training_batch_maps)])

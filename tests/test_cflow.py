@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skcflow import CFlowAD, FeatureExtractor, load_mvtec, make_pipeline
 from skcflow.metrics import image_auroc
 
-from conftest import real_data
+from conftest import loo_maps, real_data
 
 FAST = dict(max_iter=30, fiber_batch_size=256, n_coupling_layers=4, condition_dim=32,
             device="cpu", random_state=0)
@@ -56,7 +56,8 @@ def test_map_ranks_pixels_as_the_papers_aggregation(fitted, test_features):
 
 
 def test_probabilities_are_relative_to_each_positions_best_training_vector(train_features, fitted):
-    training = fitted._training_log_probs(train_features)
+    with torch.inference_mode():
+        training = fitted._level_log_probs(train_features, len(train_features))
     for level, (maximum, log_prob) in enumerate(zip(fitted.log_prob_max_, training)):
         _, height, width = fitted.feature_shapes_[fitted.levels_[level]]
         assert maximum.shape == (height, width)
@@ -113,7 +114,7 @@ def test_anomalous_images_score_lower(fitted, synthetic, test_features):
 
 
 def test_thresholds_come_from_leave_one_out_training_maps(train_features, fitted):
-    loo = np.concatenate([m.numpy() for m in fitted._training_maps(train_features)])
+    loo = loo_maps(fitted, train_features)
     # Left out of the whitening it helped fit, a training image looks less
     # normal, as a new normal image does.
     assert loo.mean() > fitted.anomaly_map(train_features).mean()
@@ -128,7 +129,7 @@ def test_without_whitening_it_is_the_papers_decoder(train_features, test_feature
     flow_bytes = sum(t.numel() * t.element_size() for t in plain.flows_.state_dict().values())
     assert plain.model_size_bytes_ == flow_bytes < fitted.model_size_bytes_
     # Without whitening, training maps are the in-sample ones.
-    loo = np.concatenate([m.numpy() for m in plain._training_maps(train_features)])
+    loo = loo_maps(plain, train_features)
     np.testing.assert_array_equal(loo, plain.anomaly_map(train_features))
     maps = plain.anomaly_map(test_features)
     assert np.isfinite(maps).all()

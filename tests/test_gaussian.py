@@ -84,7 +84,7 @@ def test_shrinkage_is_ledoit_wolfs_intensity(vectors):
         distance += ((cov - average) ** 2).sum()
     expected = min(float(spread / distance), 1.0)
     assert 0 < expected < 1
-    assert _moments(vectors).shrinkage(vectors.split(5)) == pytest.approx(expected, rel=1e-10)
+    assert _moments(vectors).shrinkage() == pytest.approx(expected, rel=1e-8)
 
 
 def test_shrinkage_keeps_few_vectors_well_conditioned():
@@ -98,7 +98,7 @@ def test_shrinkage_keeps_few_vectors_well_conditioned():
     for n in (4, 2000):
         sample = torch.randn(n, positions, dim, dtype=torch.float64) * scales
         moments = PositionMoments.of(sample.split(500))
-        intensities[n] = moments.shrinkage(sample.split(500))
+        intensities[n] = moments.shrinkage()
         for shrinkage in (0.0, intensities[n]):
             whitening = PositionWhitening(positions, dim).double()
             whitening.initialize(PositionMoments.of(sample.split(500)), 0.01, shrinkage)

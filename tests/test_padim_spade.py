@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from skcflow import SPADE, FeatureExtractor, Features, PaDiM, load_mvtec
 from skcflow.metrics import image_auroc
 
-from conftest import real_data
+from conftest import loo_maps, real_data
 
 FAST = {
     "padim": lambda **kw: PaDiM(**{"n_features": 40, "device": "cpu", "random_state": 0, **kw}),
@@ -200,7 +200,7 @@ def test_padim_training_thresholds_are_leave_one_out(train_features):
     # Maps at the finest resolution with a one-tap kernel: the raw distances.
     train = Features(train_features.maps, (16, 16))
     model = PaDiM(n_features=10, sigma=0.1, device="cpu", random_state=0).fit(train)
-    loo = np.concatenate([m.numpy() for m in model._training_maps(train)])
+    loo = loo_maps(model, train)
     n = len(train)
     for i in (0, 7, n - 1):
         rest = np.arange(n) != i
@@ -247,9 +247,9 @@ def test_spade_pixel_distance_matches_brute_force():
     # the map is the raw nearest-neighbour distance.
     model = SPADE(k=2, sigma=0.1, device="cpu").fit(train)
     np.testing.assert_allclose(model.anomaly_map(test), brute_force_maps(train, test, 2), rtol=1e-5, atol=1e-6)
-    loo = torch.cat(list(model._training_maps(train))).numpy()
+    loo = loo_maps(model, train)
     np.testing.assert_allclose(loo, brute_force_maps(train, train, 2, leave_out=True), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model._training_scores(train),
+    np.testing.assert_allclose(model.training_scores_,
                                pooled_knn(train, train, 2, leave_out=True)[0].mean(1), rtol=1e-5)
 
 
@@ -257,15 +257,14 @@ def test_spade_training_thresholds_are_leave_one_out(spade, train_features):
     # Scored as test images, training images find themselves at distance 0 ...
     assert np.all(spade.anomaly_map(train_features[:4]) == 0)
     # ... so the thresholds come from scores and maps with each left out.
-    loo_scores = spade._training_scores(train_features)
-    loo_maxima = spade._scores(spade._training_maps(train_features))
+    loo_scores, loo_maxima = spade.training_scores_, spade.training_map_maxima_
     assert np.all(loo_scores > 0) and np.all(loo_maxima > 0)
     assert spade.offset_ == pytest.approx(np.quantile(-loo_scores, spade.contamination))
     assert spade.pixel_threshold_ == pytest.approx(np.quantile(loo_maxima, 1 - spade.contamination))
 
 
 def test_spade_pixel_threshold_flags_as_many_training_images(spade, train_features):
-    loo_maxima = spade._scores(spade._training_maps(train_features))
+    loo_maxima = spade.training_map_maxima_
     assert np.mean(loo_maxima > spade.pixel_threshold_) <= 0.05
 
 

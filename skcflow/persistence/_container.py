@@ -30,6 +30,12 @@ def write(path, document, tensors):
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    # safetensors refuses tensors that share memory; a copy each is saved.
+    seen = set()
+    for name, t in tensors.items():
+        if t.numel() and t.untyped_storage().data_ptr() in seen:
+            tensors[name] = t.clone()
+        seen.add(tensors[name].untyped_storage().data_ptr())
     metadata = {_DOCUMENT: document, _DIGEST: tensor_digest(tensors, document)}
     atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 

@@ -12,8 +12,9 @@ image is an :class:`UnusableFileError` naming it.
 """
 
 from ._errors import UnusableFileError
-from ._files import read_images, read_into_frame, stack_images, visible_entries
+from ._files import (is_paths, list_files, read_images, read_into_frame, stack_images,
+                     visible_entries)
 from ._formats import EXTENSIONS, read_image, read_mask
 
-__all__ = ["EXTENSIONS", "UnusableFileError", "read_image", "read_images", "read_into_frame",
-           "read_mask", "stack_images", "visible_entries"]
+__all__ = ["EXTENSIONS", "UnusableFileError", "is_paths", "list_files", "read_image", "read_images",
+           "read_into_frame", "read_mask", "stack_images", "visible_entries"]

@@ -72,6 +72,31 @@ def _describe(kind):
     return f"{np.iinfo(kind).bits}-bit"
 
 
+def is_paths(value):
+    """Whether ``value`` names files: a path, or a non-empty list of paths."""
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, (str, bytes)) or hasattr(v, "__fspath__") for v in value)
+
+
+def list_files(paths_or_folder):
+    """``(paths, source)``: the files a folder, a file or a list of them names.
+
+    Folders (given alone or in a list) hold their visible files, sorted by
+    name; ``source`` describes what was given, for messages.
+    """
+    single = isinstance(paths_or_folder, (str, bytes)) or hasattr(paths_or_folder, "__fspath__")
+    entries = [Path(paths_or_folder)] if single else [Path(p) for p in paths_or_folder]
+    source = entries[0] if single else "the given list of paths"
+    if single and not entries[0].exists():
+        raise FileNotFoundError(f"No such file or folder: {source}")
+    paths = []
+    for entry in entries:
+        paths.extend(visible_entries(entry) if entry.is_dir() else [entry])
+    return paths, source
+
+
 def read_images(paths_or_folder, frame, keep_aspect=False, errors="raise"):
     """Read a folder, a file or a list of them into the frame.
 
@@ -82,15 +107,7 @@ def read_images(paths_or_folder, frame, keep_aspect=False, errors="raise"):
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}.")
-    single = isinstance(paths_or_folder, (str, bytes)) or hasattr(paths_or_folder, "__fspath__")
-    entries = [Path(paths_or_folder)] if single else [Path(p) for p in paths_or_folder]
-    source = entries[0] if single else "the given list of paths"
-    if single and not entries[0].exists():
-        raise FileNotFoundError(f"No such file or folder: {source}")
-    # Folders in a list are expanded like a folder given alone.
-    paths = []
-    for entry in entries:
-        paths.extend(visible_entries(entry) if entry.is_dir() else [entry])
+    paths, source = list_files(paths_or_folder)
     images, filenames, sizes, skipped = [], [], [], []
     for path in paths:
         try:
