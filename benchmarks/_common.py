@@ -82,6 +82,14 @@ def markdown_table(rows, columns):
     return lines
 
 
+def markdown_sections(sections):
+    """Lines of ``## title`` then a table, for each ``(title, rows)``; columns from the first row."""
+    lines = []
+    for title, rows in sections:
+        lines += [f"## {title}", "", *markdown_table(rows, list(rows[0])), ""]
+    return lines
+
+
 def category_parser(description, results_name):
     """Options shared by the benchmarks that run on ../shared/data's categories."""
     parser = argparse.ArgumentParser(description=description)

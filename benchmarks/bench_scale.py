@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import CATEGORIES, DATA, RESULTS, data_missing, markdown_table, write_results
+from _common import CATEGORIES, DATA, RESULTS, data_missing, markdown_sections, write_results
 
 SIZES = (100, 400, 761, 3000)
 FLIPS = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1])
@@ -149,14 +149,11 @@ def main(argv=None):
         f"parameters, random_state=0, data from {DATA}. Each memory row is a fit in a process "
         "of its own (peak resident memory of that process, torch and the encoder included); "
         "streamed fits read 32 files at a time and pass over them twice."
-    ), [
-        "## Peak memory and fit time on growing training sets (MTD magnetic tiles)", "",
-        *markdown_table(memory, list(memory[0])), "",
-        "## Streaming against in-memory CFlowAD", "",
-        *markdown_table(accuracy, list(accuracy[0])), "",
-        "## Many categories: skcflow compare --category all on a local Dask cluster", "",
-        *markdown_table(categories, list(categories[0])),
-    ])
+    ), markdown_sections([
+        ("Peak memory and fit time on growing training sets (MTD magnetic tiles)", memory),
+        ("Streaming against in-memory CFlowAD", accuracy),
+        ("Many categories: skcflow compare --category all on a local Dask cluster", categories),
+    ]))
     return 0
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_aupro.py", "bench_accuracy.py", "bench_levels.py", "bench_speed.py",
-           "bench_aspect.py", "bench_export.py", "bench_scale.py"]
+           "bench_aspect.py", "bench_export.py", "bench_scale.py",
+           "bench_decisions.py"]
 
 
 def main():

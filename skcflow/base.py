@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
+# Private, as in scikit-learn's own estimators: parameter constraints have no public API.
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -25,7 +26,8 @@ from torch import nn
 from ._device import resolve_device
 from ._fitted import TensorSpec, device, integer, optional, real, sequence, shape
 from ._progress import progress
-from .features import IDENTITY, Features
+from .calibration import pvalues, thresholds
+from .features import IDENTITY, Features, _on_gpu
 from .geometry import resize_matrix, restore, smooth_resize_matrix
 
 
@@ -147,6 +149,13 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "verbose": ["verbose"],
     }
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Features, the FeatureExtractor's output, not 2-D arrays.
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = _on_gpu(self.device)
+        return tags
+
     def fit(self, X, y=None):
         """Learn the normal appearance from features of defect-free images.
 
@@ -169,7 +178,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         -------
         self
         """
-        self._validate_params()
+        self._validate_params()  # scikit-learn's (private) check of _parameter_constraints
         if isinstance(X, Features):
             batches = [normal_samples(self._check_features(X, reset=True), y)]
         else:
@@ -199,7 +208,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         -------
         self
         """
-        self._validate_params()
+        self._validate_params()  # scikit-learn's (private) check of _parameter_constraints
         first = "offset_" not in vars(self)
         features = normal_samples(self._check_features(X, reset=first), y)
         start = 0 if first else self.n_train_samples_
@@ -208,6 +217,36 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self._learn([features], first=first, in_memory=False)
         self._fit_thresholds([features], start)
         return self
+
+    def fit_predict(self, X, y=None):
+        """Fit, then label the training images as ``offset_`` was set from them.
+
+        Each training image is scored left out of its own statistics where
+        the method can (all three can), as :class:`~sklearn.neighbors.LocalOutlierFactor`
+        does: in-sample predictions would call nearly every training image
+        normal. Images ``y`` marks as anomalous, left out of the fit, get
+        :meth:`predict`'s labels.
+
+        Parameters
+        ----------
+        X, y
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+            +1 for normal, -1 for anomalous, in the order of ``X``.
+        """
+        self.fit(X, y)
+        training = np.where(-self.training_scores_ - self.offset_ >= 0, 1, -1)
+        if y is None:
+            return training
+        normal = ~np.asarray(y).reshape(len(X), -1).astype(bool).any(axis=1)
+        labels = np.empty(len(X), dtype=int)
+        labels[normal] = training
+        if not normal.all():
+            labels[~normal] = self.predict(X[np.flatnonzero(~normal)])
+        return labels
 
     def _learn(self, batches, first, in_memory):
         """Accumulate ``batches`` into the method's statistics, then complete it."""
@@ -237,16 +276,49 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             scores = np.concatenate([self.training_scores_, scores])
             maxima = np.concatenate([self.training_map_maxima_, maxima])
         self.training_scores_, self.training_map_maxima_ = scores, maxima
-        self.offset_ = float(np.quantile(-scores, self.contamination))
-        if self.pixel_threshold is not None:
-            self.pixel_threshold_ = float(self.pixel_threshold)
-        elif type(self)._batch_scores is BaseDetector._batch_scores:
-            self.pixel_threshold_ = -self.offset_
-        else:
-            # Image scores and maps then differ in scale: the same share of
-            # training images gets a non-empty mask as is flagged anomalous.
-            self.pixel_threshold_ = float(np.quantile(maxima, 1 - self.contamination))
+        self._set_thresholds(contamination=self.contamination)
         self.model_size_bytes_ = self._model_size()
+
+    def _set_thresholds(self, **choice):
+        maps_score_images = type(self)._batch_scores is BaseDetector._batch_scores
+        self.offset_, pixel, contamination = thresholds(
+            self.training_scores_, self.training_map_maxima_, maps_score_images, **choice)
+        self.pixel_threshold_ = pixel if self.pixel_threshold is None else float(self.pixel_threshold)
+        return contamination
+
+    def set_threshold(self, *, contamination=None, false_alarm_rate=None, score=None):
+        """Move the decision thresholds, without a refit.
+
+        ``offset_`` and ``pixel_threshold_`` (unless the ``pixel_threshold``
+        parameter fixes it) are set anew from the stored training scores,
+        ``training_scores_`` and ``training_map_maxima_``; nothing else of
+        the fitted state changes. Give exactly one of:
+
+        Parameters
+        ----------
+        contamination : float in (0, 0.5]
+            The share of training images to flag, as a refit with this
+            ``contamination`` would: the same decisions. The parameter is
+            set too.
+        false_alarm_rate : float in (0, 1)
+            Flag images whose p-value of normality (:meth:`score_pvalues`) is
+            at most this: a new normal image is flagged with probability at
+            most ``false_alarm_rate`` (see :mod:`skcflow.calibration`). The
+            ``contamination`` parameter becomes the one with which a refit
+            makes the same decisions.
+        score : float
+            Flag images whose anomaly score (``-score_samples``) exceeds it.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        contamination = self._set_thresholds(contamination=contamination,
+                                             false_alarm_rate=false_alarm_rate, score=score)
+        if contamination is not None:
+            self.contamination = contamination
+        return self
 
     def _training_outputs(self, batches, start):
         """Image scores and map maxima ``(N,), (N,)`` of the training images in ``batches``."""
@@ -454,20 +526,26 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """
         return self.score_samples(X) - self.offset_
 
-    def predict(self, X):
+    def predict(self, X, alpha=None):
         """+1 for normal images, -1 for anomalous ones.
 
         Parameters
         ----------
         X : Features
+        alpha : float, default=None
+            A false-alarm rate: flag images whose p-value of normality is at
+            most ``alpha`` (:meth:`score_pvalues`), instead of using
+            ``offset_``.
 
         Returns
         -------
         labels : ndarray of shape (n_images,)
         """
+        if alpha is not None:
+            return np.where(self.score_pvalues(X) <= alpha, -1, 1)
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
-    def predict_mask(self, X):
+    def predict_mask(self, X, alpha=None):
         """Binary defect masks: pixels whose map exceeds ``pixel_threshold_``.
 
         By default the pixel threshold equals the image threshold, so an
@@ -478,13 +556,78 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         Parameters
         ----------
         X : Features
+        alpha : float, default=None
+            A false-alarm rate: mark pixels whose p-value (:meth:`pvalue_map`)
+            is at most ``alpha``; a normal image gets a non-empty mask with
+            probability at most ``alpha``.
 
         Returns
         -------
         masks : ndarray of shape (n_images, height, width), uint8
         """
+        if alpha is not None:
+            return (self.pvalue_map(X) <= alpha).astype(np.uint8)
         check_is_fitted(self)
         return (self.anomaly_map(X) > self.pixel_threshold_).astype(np.uint8)
+
+    @property
+    def classes_(self):
+        """``[-1, 1]``: the labels of :meth:`predict`, the columns of :meth:`predict_proba`."""
+        check_is_fitted(self)
+        return np.array([-1, 1])
+
+    def score_pvalues(self, X):
+        """Conformal p-values of normality of each image.
+
+        The share of training images (each scored left out of its own
+        statistics) at least as anomalous: for a new normal image,
+        ``P(p <= a) <= a`` at every level ``a`` (see
+        :mod:`skcflow.calibration`).
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        p : ndarray of shape (n_images,), in (0, 1]
+        """
+        return pvalues(-self.score_samples(X), self.training_scores_)
+
+    def predict_proba(self, X):
+        """``[1 - p, p]`` per image, columns ordered as :attr:`classes_`.
+
+        ``p`` is the conformal p-value of normality (:meth:`score_pvalues`),
+        not a posterior probability: it says how unusual an image is among
+        normal ones, with ``P(p <= a) <= a`` for a normal image.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        proba : ndarray of shape (n_images, 2)
+        """
+        p = self.score_pvalues(X)
+        return np.stack([1 - p, p], axis=1)
+
+    def pvalue_map(self, X):
+        """Per-pixel conformal p-values of normality, low where anomalous.
+
+        A pixel's p-value is the share of training images whose map reaches
+        its value somewhere: a normal image gets any pixel of p-value at
+        most ``a`` with probability at most ``a``.
+
+        Parameters
+        ----------
+        X : Features
+
+        Returns
+        -------
+        p : ndarray of shape (n_images, height, width), float32
+        """
+        return pvalues(self.anomaly_map(X), self.training_map_maxima_).astype(np.float32)
 
     def _seed(self):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))

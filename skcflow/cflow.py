@@ -33,6 +33,7 @@ from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
+# Private, as in scikit-learn's own estimators: parameter constraints have no public API.
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 

@@ -120,6 +120,7 @@ def _compare_category(args, category, out, subfolder, threads=None):
 
     from . import report
     from ._jobs import use_threads
+    from .calibration import pvalues
     from .metrics import aupro, image_auroc, pixel_auroc
 
     use_threads(threads)
@@ -130,7 +131,8 @@ def _compare_category(args, category, out, subfolder, threads=None):
     train_features = extractor.transform(train.images)
     test_features, encode_seconds = _timed(extractor.transform, test.images)
     n_test = len(test.images)
-    rows, curves, panels = [], {}, []
+    rows, curves, panels, distributions, calibration = [], {}, [], {}, {}
+    normal = test.target == 0
     for name in args.models.split(","):
         detector = _detector(name.strip(), args)
         _, fit_seconds = _timed(detector.fit, train_features)
@@ -152,8 +154,13 @@ def _compare_category(args, category, out, subfolder, threads=None):
         })
         fpr, tpr, _ = roc_curve(test.target, scores)
         curves[model] = (fpr, tpr, rows[-1]["image AUROC"])
+        distributions[model] = (detector.training_scores_, scores[normal], scores[~normal],
+                                -detector.offset_)
+        calibration[model] = pvalues(scores[normal], detector.training_scores_)
         panels += _case_panels(folder, model, test, maps, scores, detector, extractor.bit_depth_)
     report.save_roc(folder / "roc.png", curves)
+    report.save_score_distributions(folder / "scores.png", distributions)
+    report.save_calibration(folder / "calibration.png", calibration)
     return {"heading": subfolder and category, "folder": subfolder,
             "panels": panels, "rows": rows, "description": description,
             "n_train": len(train.images), "n_test": n_test}
@@ -254,7 +261,7 @@ def score(args):
     paths, _ = list_files(args.images)
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    tasks = [(args.model, paths[i : i + _SCORE_CHUNK], out, i, _errors(args))
+    tasks = [(args.model, paths[i : i + _SCORE_CHUNK], out, i, _errors(args), args.false_alarm_rate)
              for i in range(0, len(paths), _SCORE_CHUNK)]
     if args.backend == "loky" and args.jobs in (None, 1):
         # In this process, without joblib: the torch-free runtime needs
@@ -280,15 +287,19 @@ def score(args):
 _MODELS = {}
 
 
-def _scorer(path):
-    """``(settings, thresholds, run)`` of a model file, loaded once per process."""
-    if path not in _MODELS:
+def _scorer(path, false_alarm_rate):
+    """``(settings, thresholds, run)`` of a model file, loaded once per process.
+
+    With a false-alarm rate, the thresholds are moved to it
+    (``set_threshold``), from the training scores the file keeps.
+    """
+    if (path, false_alarm_rate) not in _MODELS:
         if str(path).lower().endswith(".onnx"):
             from .runtime import OnnxDetector
 
-            model = OnnxDetector(path)
-            settings = model.frame_size_, model.keep_aspect_, model.bit_depth_
-            _MODELS[path] = settings, (model.offset_, model.pixel_threshold_), model.run
+            detector = OnnxDetector(path)
+            settings = detector.frame_size_, detector.keep_aspect_, detector.bit_depth_
+            run = detector.run
         else:
             pipe = _load_pipeline(path)
             extractor, detector = pipe[0], pipe[-1]
@@ -298,11 +309,14 @@ def _scorer(path):
                 return detector.anomaly_map(features), -detector.score_samples(features)
 
             settings = extractor.frame_size_, extractor.keep_aspect, extractor.bit_depth_
-            _MODELS[path] = settings, (detector.offset_, detector.pixel_threshold_), run
-    return _MODELS[path]
+        if false_alarm_rate is not None:
+            detector.set_threshold(false_alarm_rate=false_alarm_rate)
+        thresholds = detector.offset_, detector.pixel_threshold_
+        _MODELS[path, false_alarm_rate] = settings, thresholds, run
+    return _MODELS[path, false_alarm_rate]
 
 
-def _score_files(model_path, paths, out, first_index, errors, threads=None):
+def _score_files(model_path, paths, out, first_index, errors, false_alarm_rate, threads=None):
     """Score files, write their overlays and masks; their ``scores.csv`` rows."""
     from PIL import Image
 
@@ -314,7 +328,7 @@ def _score_files(model_path, paths, out, first_index, errors, threads=None):
         from ._jobs import use_threads
 
         use_threads(threads)
-    (frame, keep_aspect, bit_depth), (offset, pixel_threshold), run = _scorer(model_path)
+    (frame, keep_aspect, bit_depth), (offset, pixel_threshold), run = _scorer(model_path, false_alarm_rate)
     try:
         images, filenames, sizes, _ = read_images(paths, frame, keep_aspect, errors)
     except ValueError as exc:
@@ -418,6 +432,17 @@ def bit_depth(text):
     )
 
 
+def _rate(text):
+    """A rate in (0, 1), for ``--false-alarm-rate``."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give a number between 0 and 1.")
+    return rate
+
+
 def _numbers(values):
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
@@ -487,6 +512,9 @@ def build_parser():
     p.add_argument("images", nargs="+", help="image files or folders")
     _add_skip_option(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--false-alarm-rate", type=_rate, default=None,
+                   help="flag images (and pixels) whose p-value of normality is at most this, "
+                        "e.g. 0.01: the thresholds move without a refit")
     _add_job_options(p, "chunks of files")
     p.set_defaults(func=score)
 

@@ -30,7 +30,7 @@ from sklearn.utils import Bunch, check_random_state
 from .geometry import frame_shape
 from .readers import read_images, read_into_frame, read_mask, stack_images, visible_entries
 
-__all__ = ["load_images", "load_mvtec", "make_defects"]
+__all__ = ["load_images", "load_mvtec", "make_defects", "paste_defects"]
 
 _DEFECT_KINDS = ("scratch", "spot", "crack", "blob")
 
@@ -568,3 +568,94 @@ def make_defects(
         test=split("test", test_images, masks, defect_type),
         DESCR=descr,
     )
+
+
+def paste_defects(images, random_state=None):
+    """Synthetic defects on real normal images, with exact masks.
+
+    For model selection when only good images exist (see
+    :func:`skcflow.model_selection.synthetic_split`). Each image gets one
+    defect, the kinds of :func:`make_defects` used in turn, in random order,
+    and drawn in the same shapes; their appearance comes from the image
+    itself, so that they are as subtle as the image's own contrast:
+
+    - ``"scratch"``: a thin curve, brighter (or darker) by 2 to 4 times the
+      image's own standard deviation;
+    - ``"crack"``: a jagged dark line, the image's texture darkened to 15 to
+      45% of its level;
+    - ``"spot"``: a disc mostly replaced by the image's mean level shifted by
+      2.5 to 4 standard deviations;
+    - ``"blob"``: an irregular patch of the image's own texture, cut from
+      elsewhere in it, 20% lighter or darker (CutPaste).
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, 3)
+        ``uint8``, ``uint16`` or float images in ``[0, 1]``.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        ``images`` (the defective copies, of the input's dtype), ``masks``
+        (``uint8`` 0/1, exactly the pixels that changed), ``target`` (all 1)
+        and ``defect_type``.
+
+    Examples
+    --------
+    >>> from skcflow.datasets import make_defects, paste_defects
+    >>> good = make_defects(n_train=4, n_test=1, image_size=64, random_state=0).train.images
+    >>> pasted = paste_defects(good, random_state=0)
+    >>> pasted.images.shape, bool((pasted.images != good).any(-1).sum() == pasted.masks.sum())
+    ((4, 64, 64, 3), True)
+    """
+    rng = check_random_state(random_state)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be of shape (n, height, width, 3); got {images.shape}.")
+    full = np.iinfo(images.dtype).max if images.dtype.kind == "u" else 1.0
+    kinds = list(np.resize(_DEFECT_KINDS, len(images)))
+    rng.shuffle(kinds)
+    out = np.empty_like(images)
+    masks = np.zeros(images.shape[:3], dtype=np.uint8)
+    for i, (image, kind) in enumerate(zip(images, kinds)):
+        mask = _pasted_mask(rng, kind, *image.shape[:2])
+        painted = _paint(image.astype(np.float64) / full, mask, kind, rng) * full
+        out[i] = np.rint(painted) if images.dtype.kind == "u" else painted
+        masks[i] = (out[i] != image).any(-1)
+    return Bunch(images=out, masks=masks, target=np.ones(len(images), dtype=int),
+                 defect_type=[str(k) for k in kinds])
+
+
+def _pasted_mask(rng, kind, height, width):
+    """A defect of ``kind`` drawn on a square of the longer side, cut to the
+    image around its centre."""
+    side = max(height, width)
+    while True:
+        mask = _DEFECT_MASKS[kind](rng, side)
+        rows, cols = np.nonzero(mask)
+        top = int(np.clip(rows.mean() - height / 2, 0, side - height))
+        left = int(np.clip(cols.mean() - width / 2, 0, side - width))
+        mask = mask[top : top + height, left : left + width]
+        if mask.sum() >= 0.001 * height * width:
+            return mask
+
+
+def _paint(image, mask, kind, rng):
+    """``image`` (floats in [0, 1]) with a ``kind`` defect painted inside ``mask``."""
+    flat = image.reshape(-1, 3)
+    sigma, mean = flat.std(0) + 4 / 255, flat.mean(0)
+    image = image.copy()
+    sign = 1.0 if rng.uniform() < 0.7 else -1.0
+    if kind == "scratch":
+        image[mask] += sign * rng.uniform(2, 4) * sigma
+    elif kind == "crack":
+        image[mask] *= rng.uniform(0.15, 0.45)
+    elif kind == "spot":
+        image[mask] = 0.25 * image[mask] + 0.75 * (mean + sign * rng.uniform(2.5, 4) * sigma)
+    else:
+        height, width = mask.shape
+        shift = (int(rng.randint(height // 4, 3 * height // 4 + 1)),
+                 int(rng.randint(width // 4, 3 * width // 4 + 1)))
+        image[mask] = np.roll(image, shift, axis=(0, 1))[mask] * (1 + sign * 0.2)
+    return np.clip(image, 0, 1)

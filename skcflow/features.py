@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
+# Private, as in scikit-learn's own estimators: parameter constraints have no public API.
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -77,7 +78,16 @@ class Features:
     def __len__(self):
         return self.maps[0].shape[0]
 
+    @property
+    def shape(self):
+        """``(n_images,)``: what scikit-learn's indexing and splitting look at
+        (``_safe_indexing``, ``check_consistent_length``), so that
+        cross-validation hands detectors ``Features`` of the folds."""
+        return (len(self),)
+
     def __getitem__(self, index):
+        if isinstance(index, tuple) and len(index) == 2 and index[1] is Ellipsis:
+            index = index[0]  # scikit-learn indexes array-likes as X[rows, ...]
         if isinstance(index, Integral):
             if not -len(self) <= index < len(self):
                 # Iteration, which Python falls back to through __getitem__,
@@ -219,6 +229,12 @@ def _load_state_dict(model, path):
         raise ValueError(
             f"the weights in {path} do not fit this backbone: {exc}"
         ) from exc
+
+
+def _on_gpu(device):
+    """Whether ``device`` would run on CUDA, whose kernels are not all deterministic."""
+    device = str(device)
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def build_encoder(backbone, layers, weights):
@@ -384,7 +400,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self : FeatureExtractor
         """
-        self._validate_params()
+        self._validate_params()  # scikit-learn's (private) check of _parameter_constraints
         self.frame_size_ = self._check_frame()
         self.layers_ = self._check_layers()
         self.bit_depth_ = self._fit_bit_depth(None if X is None else self._images(X))
@@ -408,6 +424,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             "mean": self.encoder_.mean.flatten().tolist(),
             "std": self.encoder_.std.flatten().tolist(),
         }
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Images, (n, height, width, 3) arrays or files: no 2-D input.
+        tags.input_tags.two_d_array = False
+        tags.transformer_tags.preserves_dtype = []
+        tags.non_deterministic = _on_gpu(self.device)
+        return tags
 
     def _empty_modules(self):
         return {"encoder_": build_encoder(self.backbone, self.layers_, None)}

@@ -7,6 +7,7 @@ Framework for Anomaly Detection and Localization", ICPR Workshops 2020.
 from numbers import Integral, Real
 
 import torch
+# Private, as in scikit-learn's own estimators: parameter constraints have no public API.
 from sklearn.utils._param_validation import Interval
 
 from ._fitted import TensorSpec

@@ -69,9 +69,25 @@ class AnomalyPipeline(Pipeline):
         return self._final_estimator.anomaly_map(self[:-1].transform(X))
 
     @available_if(_final_step_has("predict_mask"))
-    def predict_mask(self, X):
+    def predict_mask(self, X, alpha=None):
         """Transform ``X`` through the steps, then the detector's ``predict_mask``."""
-        return self._final_estimator.predict_mask(self[:-1].transform(X))
+        return self._final_estimator.predict_mask(self[:-1].transform(X), alpha=alpha)
+
+    @available_if(_final_step_has("score_pvalues"))
+    def score_pvalues(self, X):
+        """Transform ``X`` through the steps, then the detector's ``score_pvalues``."""
+        return self._final_estimator.score_pvalues(self[:-1].transform(X))
+
+    @available_if(_final_step_has("pvalue_map"))
+    def pvalue_map(self, X):
+        """Transform ``X`` through the steps, then the detector's ``pvalue_map``."""
+        return self._final_estimator.pvalue_map(self[:-1].transform(X))
+
+    @available_if(_final_step_has("set_threshold"))
+    def set_threshold(self, **choice):
+        """The detector's ``set_threshold``, without a refit; returns the pipeline."""
+        self._final_estimator.set_threshold(**choice)
+        return self
 
 
 def make_pipeline(*steps, memory=None, verbose=False):

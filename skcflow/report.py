@@ -6,6 +6,7 @@ Used by ``skcflow compare``; needs matplotlib (``pip install skcflow[plot]``).
 import html
 import os
 
+import numpy as np
 import pandas as pd
 
 from .overlay import overlay
@@ -64,6 +65,51 @@ def save_roc(path, curves):
     plt.close(fig)
 
 
+def save_score_distributions(path, models):
+    """Histograms of each model's scores: training (leave-one-out), good and
+    defective test images, with the decision threshold.
+
+    ``models``: ``{name: (training, normal, anomalous, threshold)}``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.2), squeeze=False)
+    for ax, (name, (training, normal, anomalous, threshold)) in zip(axes[0], models.items()):
+        values = [v for v in (training, normal, anomalous) if len(v)]
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=30)
+        for scores, label in ((training, "training (left out)"), (normal, "good test"),
+                              (anomalous, "defective test")):
+            if len(scores):
+                ax.hist(scores, bins=bins, alpha=0.5, density=True, label=label)
+        ax.axvline(threshold, color="black", linestyle="--", label="threshold")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("anomaly score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_calibration(path, models):
+    """Observed false-alarm rate of the good test images against the p-value
+    level: under the conformal guarantee it stays at or below the diagonal.
+
+    ``models``: ``{name: p-values of the good test images}``.
+    """
+    plt = _pyplot()
+    alphas = np.linspace(0.01, 0.5, 50)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, p in models.items():
+        ax.plot(alphas, [(p <= a).mean() for a in alphas], label=f"{name} ({len(p)} good images)")
+    ax.plot([0, 0.5], [0, 0.5], color="gray", linestyle=":", label="expected at most")
+    ax.set_xlabel("false-alarm rate asked for (p-value level)")
+    ax.set_ylabel("observed on good test images")
+    ax.set_title("p-value calibration")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def write_index(folder, title, table, sections):
     """``index.html`` with the results table, and each section's ROC plot and panels.
 
@@ -90,6 +136,10 @@ def write_index(folder, title, table, sections):
         parts.append(f"""{heading}
 <h3>Image-level ROC</h3>
 <img src="{html.escape(prefix)}roc.png" alt="ROC curves">
+<h3>Scores and thresholds</h3>
+<img src="{html.escape(prefix)}scores.png" alt="score distributions">
+<h3>Calibration of the p-values on the good test images</h3>
+<img src="{html.escape(prefix)}calibration.png" alt="p-value calibration">
 <h3>Best and worst cases</h3>
 {figures}""")
     body = "\n".join(parts)

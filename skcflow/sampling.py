@@ -87,14 +87,26 @@ class ReservoirSample:
         positions = torch.arange(height * width, device=fibers.device).repeat(n_images)
         vectors = fibers.reshape(-1, dim)
         self.seen += len(keys)
-        if self.keys is not None:
-            keys = torch.cat([self.keys, keys])
-            positions = torch.cat([self.positions, positions])
-            vectors = torch.cat([self.vectors, vectors])
-        if self.capacity is not None and len(keys) > self.capacity:
-            kept = keys.topk(self.capacity, largest=False).indices.sort().values
-            keys, positions, vectors = keys[kept], positions[kept], vectors[kept]
-        self.keys, self.positions, self.vectors = keys, positions, vectors.contiguous()
+        if self.keys is None:
+            self.keys, self.positions, self.vectors = keys[:0], positions[:0], vectors[:0]
+        room = len(keys) if self.capacity is None else max(0, self.capacity - len(self.keys))
+        if room:
+            # Until it is full, the reservoir takes the vectors as they come.
+            self.keys = torch.cat([self.keys, keys[:room]])
+            self.positions = torch.cat([self.positions, positions[:room]])
+            self.vectors = torch.cat([self.vectors, vectors[:room]])
+            keys, positions, vectors = keys[room:], positions[room:], vectors[room:]
+        if len(keys):
+            # Then a newcomer takes the slot of a kept vector with a larger
+            # key, in place, so that memory stays that of the reservoir.
+            kept = torch.cat([self.keys, keys]).topk(self.capacity, largest=False).indices
+            entering = kept[kept >= len(self.keys)] - len(self.keys)
+            is_kept = torch.zeros(len(self.keys), dtype=torch.bool, device=keys.device)
+            is_kept[kept[kept < len(self.keys)]] = True
+            evicted = torch.nonzero(~is_kept).flatten()
+            self.keys[evicted] = keys[entering]
+            self.positions[evicted] = positions[entering]
+            self.vectors[evicted] = vectors[entering]
 
     def prepare(self, whiten_at, rotation):
         """Whiten every kept vector at its own position, once."""

@@ -7,6 +7,7 @@ Correspondences", arXiv:2005.02357, 2020.
 from numbers import Integral, Real
 
 import torch
+# Private, as in scikit-learn's own estimators: parameter constraints have no public API.
 from sklearn.utils._param_validation import Interval
 
 from ._fitted import TensorSpec

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load, load_mvtec, make_defects, make_pipeline, save
+from skcflow import CFlowAD, FeatureExtractor, PaDiM, load, load_mvtec, make_defects, make_pipeline, save
 from skcflow.cli import main
 from skcflow.metrics import image_auroc, pixel_auroc
 from skcflow.streaming import FeatureStream

@@ -23,7 +23,10 @@ The graph's contract:
   ``anomaly_map > pixel_threshold``;
 - metadata ``skcflow`` (a JSON string in the model's metadata properties):
   ``method``, ``offset``, ``pixel_threshold``, ``frame_size``,
-  ``keep_aspect``, ``bit_depth``, ``input_dtype`` and ``provenance``.
+  ``keep_aspect``, ``bit_depth``, ``input_dtype``, ``provenance``, and the
+  training images' leave-one-out ``training_scores`` and
+  ``training_map_maxima``, from which p-values and new thresholds follow
+  (:mod:`skcflow.calibration`).
 """
 
 import contextlib
@@ -94,6 +97,8 @@ def _metadata(pipeline):
         "method": type(detector).__name__,
         "offset": detector.offset_,
         "pixel_threshold": detector.pixel_threshold_,
+        "training_scores": detector.training_scores_.tolist(),
+        "training_map_maxima": detector.training_map_maxima_.tolist(),
         "frame_size": list(extractor.frame_size_),
         "keep_aspect": bool(extractor.keep_aspect),
         "bit_depth": extractor.bit_depth_,

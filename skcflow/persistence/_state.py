@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
+# Private: the error _validate_params raises has no public name.
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -201,6 +202,8 @@ def _with_params(cls, params, where):
     _expect_mapping(params, expected, where)
     estimator = cls(**{k: _decode(v, where.at(k)) for k, v in params.items()})
     try:
+        # The estimator's own check of its parameters, as its fit runs it;
+        # scikit-learn has no public entry point to it.
         estimator._validate_params()
     except InvalidParameterError as exc:
         raise where.error(f"are invalid: {exc}") from None

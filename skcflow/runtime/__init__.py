@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .._images import check_bit_depth, check_images
+from ..calibration import pvalues, thresholds
 from ..readers import read_images
 
 __all__ = ["OnnxDetector"]
@@ -86,6 +87,8 @@ class OnnxDetector:
         self.keep_aspect_ = bool(metadata["keep_aspect"])
         self.bit_depth_ = int(metadata["bit_depth"])
         self.provenance_ = metadata["provenance"]
+        self.training_scores_ = np.asarray(metadata["training_scores"], dtype=np.float64)
+        self.training_map_maxima_ = np.asarray(metadata["training_map_maxima"], dtype=np.float64)
         self._input_dtype = np.dtype(metadata["input_dtype"])
 
     def __repr__(self):
@@ -146,13 +149,34 @@ class OnnxDetector:
         """``score_samples(X) - offset_``: negative for predicted anomalies."""
         return self.score_samples(X) - self.offset_
 
-    def predict(self, X):
-        """+1 for normal images, -1 for anomalous ones."""
+    def predict(self, X, alpha=None):
+        """+1 for normal images, -1 for anomalous ones (p-value at most ``alpha``, if given)."""
+        if alpha is not None:
+            return np.where(self.score_pvalues(X) <= alpha, -1, 1)
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
-    def predict_mask(self, X):
-        """Binary defect masks ``(n_images, H, W)``, uint8: map above ``pixel_threshold_``."""
+    def predict_mask(self, X, alpha=None):
+        """Binary defect masks ``(n_images, H, W)``, uint8: map above ``pixel_threshold_``
+        (or pixel p-value at most ``alpha``, if given)."""
+        if alpha is not None:
+            return (self.pvalue_map(X) <= alpha).astype(np.uint8)
         return (self.anomaly_map(X) > self.pixel_threshold_).astype(np.uint8)
+
+    def score_pvalues(self, X):
+        """Conformal p-values of normality of each image (see :mod:`skcflow.calibration`)."""
+        return pvalues(self.run(X)[1], self.training_scores_)
+
+    def pvalue_map(self, X):
+        """Per-pixel conformal p-values of normality ``(n_images, H, W)``."""
+        return pvalues(self.anomaly_map(X), self.training_map_maxima_).astype(np.float32)
+
+    def set_threshold(self, *, contamination=None, false_alarm_rate=None, score=None):
+        """Move ``offset_`` and ``pixel_threshold_`` as the fitted detector's
+        ``set_threshold`` does, from the training scores the file carries."""
+        self.offset_, self.pixel_threshold_, _ = thresholds(
+            self.training_scores_, self.training_map_maxima_, self.method_ != "SPADE",
+            contamination=contamination, false_alarm_rate=false_alarm_rate, score=score)
+        return self
 
     def read_images(self, paths_or_folder, errors="raise"):
         """Read image files into the model's frame, as skcflow's loaders do.
