@@ -4,7 +4,8 @@ For each category, features are extracted once (the encoder is shared), then
 each detector is fitted on train/good and evaluated on the test split with
 image AUROC, pixel AUROC and AUPRO. Inference images/s is end to end: the
 encoder's time on the test set plus the detector's, measured in the same run.
-Writes a markdown table to benchmarks/results/accuracy.md.
+Each category runs with the extractor's default precision (float32 on a
+CPU) and with bfloat16 features; a second table gives the differences. Writes benchmarks/results/accuracy.md.
 
 Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
            [--categories bottle,magnetic_tile] [--image-size 256]
@@ -12,19 +13,24 @@ Usage: python benchmarks/bench_accuracy.py [--models cflow,padim,spade]
 
 import sys
 
-from _common import category_parser, data_missing, load_category, markdown_table, timed, write_results
+import torch
+from _common import category_parser, data_missing, load_category, markdown_sections, timed, write_results
 
 import skcflow
+from skcflow._device import resolve_dtype
 from skcflow.metrics import aupro, image_auroc, pixel_auroc
 
 MODELS = {"cflow": "CFlowAD", "padim": "PaDiM", "spade": "SPADE"}
 
 
-def evaluate(category, models, image_size, seed):
-    train, test, train_features, test_features, encode_seconds = load_category(category, image_size)
+METRICS = ["image AUROC", "pixel AUROC", "AUPRO"]
+
+
+def evaluate(category, models, image_size, seed, precision):
+    train, test, train_features, test_features, encode_seconds = load_category(category, image_size, precision)
     n_test = len(test.images)
     rows = [{
-        "category": category, "model": "encoder only",
+        "category": category, "encoder precision": precision, "model": "encoder only",
         "inference images/s": n_test / encode_seconds,
     }]
     for name in models:
@@ -35,7 +41,7 @@ def evaluate(category, models, image_size, seed):
         maps, map_seconds = timed(model.anomaly_map, test_features)
         scores = -model.score_samples(test_features)
         rows.append({
-            "category": category, "model": type(model).__name__,
+            "category": category, "encoder precision": precision, "model": type(model).__name__,
             "image AUROC": image_auroc(test.target, scores),
             "pixel AUROC": pixel_auroc(test.masks, maps),
             "AUPRO": aupro(test.masks, maps),
@@ -47,8 +53,18 @@ def evaluate(category, models, image_size, seed):
     return rows
 
 
-COLUMNS = ["category", "model", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
-           "inference images/s", "fitted MB"]
+COLUMNS = ["category", "encoder precision", "model", *METRICS, "fit s", "inference images/s", "fitted MB"]
+
+
+def precision_effects(rows, other):
+    """Per category and model: the metrics with ``other`` features less float32's."""
+    exact = {(r["category"], r["model"]): r for r in rows if r["encoder precision"] == "float32"}
+    return [
+        {"category": r["category"], "model": r["model"],
+         **{f"{m}, {other} - float32": f"{r[m] - exact[r['category'], r['model']][m]:+.4f}" for m in METRICS},
+         "inference images/s, x float32": f"{r['inference images/s'] / exact[r['category'], r['model']]['inference images/s']:.2f}"}
+        for r in rows if r["encoder precision"] == other and "AUPRO" in r
+    ]
 
 
 def main(argv=None):
@@ -58,16 +74,22 @@ def main(argv=None):
     if data_missing():
         return 0
     models = [m for m in args.models.split(",") if m]
+    default = resolve_dtype("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    precisions = list(dict.fromkeys([default, "float32", "bfloat16"]))
     rows = []
     for category in args.categories.split(","):
-        rows += evaluate(category, models, args.image_size, args.seed)
+        for precision in precisions:
+            rows += evaluate(category, models, args.image_size, args.seed, precision)
+    sections = [(f"Default parameters (the encoder's default precision here: {default})",
+                 [{c: r.get(c, "") for c in COLUMNS} for r in rows])]
+    sections.append(("Effect of the encoder's precision: bfloat16 features against float32 ones",
+                     precision_effects(rows, "bfloat16")))
     write_results(args.out, "Accuracy on ../shared/data", (
         f"Written by `benchmarks/bench_accuracy.py`; efficientnet_lite0 features at "
-        f"{args.image_size} px, default detector parameters, random_state={args.seed}. "
-        "Inference images/s is end to end (encoder + detector) on the test split."
-    ), [
-        *markdown_table(rows, COLUMNS),
-    ])
+        f"{args.image_size} px, default parameters (the extractor's precision as stated), "
+        f"random_state={args.seed}. Inference images/s is end to end (encoder + detector) on "
+        "the test split; fit s is the detector's fit on the training features."
+    ), markdown_sections(sections))
     return 0
 
 

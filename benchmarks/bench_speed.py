@@ -1,29 +1,44 @@
-"""Inference speed of the encoder alone and of each detector end to end.
+"""Inference speed and fit time: backbones, precision, and a busy machine.
 
-All configurations run in one process, interleaved round by round, so that
-the machine's noise hits them alike; the table reports the median images/s
-over rounds and each detector's throughput as a ratio of the encoder's.
-Detectors are fitted on bottle's training features when ../shared/data is
-present (else on synthetic images); their speed does not depend on how long
-they trained, so CFlowAD is trained briefly here (its full fit time is in
-accuracy.md). The paper's backbones run with random weights, for speed only.
+1. Backbones: the encoder alone and each detector end to end, at batch 1
+   and 32, on ``--threads`` threads (``n_jobs``); the ratio is images/s over
+   the encoder alone's. The paper's backbones run with random weights, for
+   speed and size only; wide_resnet50_2 gets CFlowAD only (PaDiM's and
+   SPADE's models would not fit in memory with all its channels).
+2. Precision: efficientnet_lite0 with the encoder, and CFlowAD's decoders,
+   in float32 and bfloat16 (``inference_dtype``).
+3. A busy machine: CFlowAD's default fit on bottle's training features and
+   end-to-end scoring, on an idle machine and beside one CPU-bound process
+   per core that the benchmark starts and stops itself, for
+   ``n_jobs=None`` (the thread policy), 1 and 2; with the load average.
+
+Configurations of a table run in one process, interleaved round by round,
+so that the machine's noise hits them alike; images/s are medians over
+rounds. Detectors of the first two tables are fitted on bottle's training
+features when ../shared/data is present (else on synthetic images); their
+speed does not depend on how long they trained, so CFlowAD trains briefly
+there (its full fit time is in the third table and in accuracy.md).
 
 Usage: python benchmarks/bench_speed.py [--threads 2] [--rounds 5]
-           [--backbones efficientnet_lite0,resnet18] [--image-size 256]
+           [--backbones efficientnet_lite0,resnet18,wide_resnet50_2] [--image-size 256]
 """
 
 import argparse
+import contextlib
+import os
 import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-from _common import CATEGORIES, RESULTS, write_results
+from _common import CATEGORIES, RESULTS, markdown_sections, write_results
 
 from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, load_mvtec, make_defects
 from skcflow.cflow import CFlowMaps
 from skcflow.flows import positional_encoding
+from skcflow.threads import resolve_threads
 
 BOTTLE = CATEGORIES["bottle"]
 
@@ -74,18 +89,25 @@ class ReferenceMaps(CFlowMaps):
 
 
 PAPER = "CFlowAD, paper's settings"
+PAPER_SETTINGS = dict(whiten=False, n_levels=None, neighborhood=1, max_dims=None, n_coupling_layers=8,
+                      hidden_dim="reference")
 PAPER_REFERENCE = "CFlowAD, paper's settings, reference decoders (before)"
 
 
-def detectors(train_features):
-    paper = CFlowAD(whiten=False, n_levels=None, neighborhood=1, max_iter=20, device="cpu",
-                    random_state=0).fit(train_features)
+def detectors(backbone, train_features, n_jobs):
+    common = {"device": "cpu", "n_jobs": n_jobs}
+    fitted = {"CFlowAD": CFlowAD(max_iter=20, random_state=0, **common).fit(train_features)}
+    if backbone == "wide_resnet50_2":
+        return fitted
+    paper = CFlowAD(random_state=0, max_iter=20, **PAPER_SETTINGS, **common).fit(train_features)
     return {
-        "CFlowAD": CFlowAD(max_iter=20, device="cpu", random_state=0).fit(train_features),
+        **fitted,
+        "CFlowAD, all channels (max_dims=None)": CFlowAD(max_iter=20, max_dims=None, random_state=0,
+                                                         **common).fit(train_features),
         PAPER: paper,
         PAPER_REFERENCE: ReferenceCFlowAD.like(paper),
-        "PaDiM": PaDiM(device="cpu", random_state=0).fit(train_features),
-        "SPADE": SPADE(device="cpu").fit(train_features),
+        "PaDiM": PaDiM(random_state=0, **common).fit(train_features),
+        "SPADE": SPADE(**common).fit(train_features),
     }
 
 
@@ -99,6 +121,8 @@ def map_difference(fitted, features):
 
 def throughput(extractor, detector, images, batch_size):
     """Images/s of encoding (and scoring, if ``detector``) ``images`` in batches."""
+    if detector is not None:
+        detector.set_params(batch_size=batch_size)
     start = time.perf_counter()
     for first in range(0, len(images), batch_size):
         features = extractor.transform(images[first : first + batch_size])
@@ -107,31 +131,106 @@ def throughput(extractor, detector, images, batch_size):
     return len(images) / (time.perf_counter() - start)
 
 
-def run_backbone(backbone, args, train, test):
+def interleaved(configs, images, batch_sizes, rounds):
+    """Median images/s of each ``(name, extractor, detector)`` at each batch size,
+    the configurations taking turns round by round: ``{(name, batch): images/s}``."""
+    results = {(name, b): [] for name, _, _ in configs for b in batch_sizes}
+    for _ in range(rounds):
+        for batch_size in batch_sizes:
+            for name, extractor, detector in configs:
+                results[name, batch_size].append(
+                    throughput(extractor, detector, images[: max(batch_size, len(images))], batch_size))
+    return {key: statistics.median(values) for key, values in results.items()}
+
+
+def backbone_rows(backbone, args, train, test):
     weights = "imagenet" if backbone == "efficientnet_lite0" else None
     extractor = FeatureExtractor(backbone=backbone, weights=weights, image_size=args.image_size,
-                                 device="cpu", batch_size=32).fit()
-    fitted = detectors(extractor.transform(train))
-    difference = map_difference(fitted, extractor.transform(test[:8]))
-    configs = [("encoder only", None)] + list(fitted.items())
-    results = {(name, b): [] for name, _ in configs for b in args.batch_sizes}
-    for _ in range(args.rounds):
-        for batch_size in args.batch_sizes:
-            images = test[: max(batch_size, args.images)]
-            for name, detector in configs:
-                for model in fitted.values():
-                    model.set_params(batch_size=batch_size)
-                results[name, batch_size].append(throughput(extractor, detector, images, batch_size))
+                                 device="cpu", inference_dtype="float32", n_jobs=args.threads).fit()
+    # wide_resnet50_2's training features are 7 MB an image: 64 are enough to time it.
+    fitted = detectors(backbone, extractor.transform(train[:64] if backbone == "wide_resnet50_2"
+                                                     else train), args.threads)
+    difference = map_difference(fitted, extractor.transform(test[:8])) if PAPER in fitted else None
+    configs = [("encoder only", extractor, None)] + [(name, extractor, d) for name, d in fitted.items()]
+    speeds = interleaved(configs, test, args.batch_sizes, args.rounds)
     rows = []
     for batch_size in args.batch_sizes:
-        encoder = statistics.median(results["encoder only", batch_size])
-        for name, detector in configs:
-            speed = statistics.median(results[name, batch_size])
-            size = "" if detector is None else f"{detector.model_size_bytes_ / 1e6:.1f}"
-            rows.append(f"| {backbone} | {batch_size} | {name} | {speed:.1f} | "
-                        f"{speed / encoder:.2f} | {size} |")
+        encoder = speeds["encoder only", batch_size]
+        for name, _, detector in configs:
+            speed = speeds[name, batch_size]
+            rows.append({"backbone": backbone, "batch": batch_size, "model": name, "images/s": speed,
+                         "ratio to encoder": f"{speed / encoder:.2f}",
+                         "fitted MB": "" if detector is None else f"{detector.model_size_bytes_ / 1e6:.1f}"})
             print(rows[-1], flush=True)
     return rows, difference
+
+
+def precision_rows(args, train, test):
+    extractors = {dtype: FeatureExtractor(device="cpu", inference_dtype=dtype, n_jobs=args.threads).fit()
+                  for dtype in ("float32", "bfloat16")}
+    model = CFlowAD(max_iter=20, random_state=0, device="cpu", n_jobs=args.threads)
+    model.fit(extractors["float32"].transform(train))
+    decoders = {dtype: model.__class__(**{**model.get_params(), "inference_dtype": dtype}) for dtype in extractors}
+    for decoder in decoders.values():
+        decoder.__dict__.update({k: v for k, v in vars(model).items() if k.endswith("_")})
+    configs = [(f"encoder only, {e}", extractors[e], None) for e in extractors]
+    configs += [(f"CFlowAD, encoder {e}, decoders {d}", extractors[e], decoders[d])
+                for e, d in (("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16"))]
+    speeds = interleaved(configs, test, args.batch_sizes, args.rounds)
+    rows = []
+    for batch_size in args.batch_sizes:
+        reference = speeds["CFlowAD, encoder float32, decoders float32", batch_size]
+        encoder = speeds["encoder only, float32", batch_size]
+        for name, _, _ in configs:
+            speed = speeds[name, batch_size]
+            rows.append({"batch": batch_size, "configuration": name, "images/s": speed,
+                         "x float32 CFlowAD": f"{speed / reference:.2f}",
+                         "x float32 encoder": f"{speed / encoder:.2f}"})
+            print(rows[-1], flush=True)
+    return rows
+
+
+@contextlib.contextmanager
+def busy_cores(n):
+    """``n`` CPU-bound processes for the block's duration."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(3)  # let the scheduler spread them
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def busy_rows(args, train, test):
+    cores = len(os.sched_getaffinity(0))
+    extractor = FeatureExtractor(device="cpu").fit()
+    features = extractor.transform(train)
+    rows = []
+    for state, load in (("idle", contextlib.nullcontext), (f"{cores} busy processes", lambda: busy_cores(cores))):
+        with load():
+            for n_jobs in (None, 1, 2):
+                extractor.set_params(n_jobs=n_jobs)
+                chosen = resolve_threads(n_jobs)
+                start = time.perf_counter()
+                model = CFlowAD(random_state=0, n_jobs=n_jobs).fit(features)
+                row = {"machine": state, "n_jobs": str(n_jobs), "threads chosen at start": chosen,
+                       "fit s": time.perf_counter() - start}
+                speeds = interleaved([("", extractor, model)], test, args.batch_sizes, 3)
+                for batch_size in args.batch_sizes:
+                    row[f"images/s batch {batch_size}"] = speeds["", batch_size]
+                row["load average 1 min"] = f"{os.getloadavg()[0]:.2f}"
+                rows.append(row)
+                print(row, flush=True)
+    idle = {row["n_jobs"]: row for row in rows[:3]}
+    for row in rows:
+        base = idle[row["n_jobs"]]
+        row["fit x idle"] = f"{row['fit s'] / base['fit s']:.2f}"
+        for batch_size in args.batch_sizes:
+            key = f"images/s batch {batch_size}"
+            row[f"scoring batch {batch_size} x idle"] = f"{row[key] / base[key]:.2f}"
+    return rows
 
 
 def main(argv=None):
@@ -140,36 +239,40 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=32, help="images per timed pass")
     parser.add_argument("--batch-sizes", default="1,32")
-    parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,mobilenet_v3_large")
+    parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,wide_resnet50_2")
+    parser.add_argument("--parts", default="backbones,precision,busy")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--out", default=str(RESULTS / "speed.md"))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
     train, source = training_images(args.image_size)
     test = np.ascontiguousarray(train[::-1][: max(args.batch_sizes + [args.images])])
-    rows, differences = [], []
-    for backbone in args.backbones.split(","):
-        backbone_rows, difference = run_backbone(backbone, args, train, test)
-        rows += backbone_rows
-        differences.append(f"{backbone} {difference:.2g}")
-    write_results(args.out, "Inference speed, end to end", (
-        f"Written by `benchmarks/bench_speed.py`: {args.image_size} px images, "
-        f"{args.threads} torch threads, detectors fitted on {source} training features, "
-        f"median of {args.rounds} interleaved rounds of {args.images} images; "
-        "ratio = images/s over the encoder alone at the same batch size. "
-        "CFlowAD: default parameters (whitened decoders on the two coarsest levels of "
-        "neighbourhood-averaged features). Paper's settings: whiten=False, neighborhood=1, "
-        "n_levels=None. The reference decoders are the latter evaluated as the paper's code "
-        "does (a positional encoding per fiber, a loop over fiber batches); the largest "
-        "difference between their anomaly maps and those of CFlowAD with the paper's "
-        "settings, per backbone: "
-        + ", ".join(differences) + "."
-    ), [
-        "| backbone | batch | model | images/s | ratio to encoder | fitted MB |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
+    sections, differences = [], []
+    if "backbones" in parts:
+        rows = []
+        for backbone in args.backbones.split(","):
+            backbone_table, difference = backbone_rows(backbone, args, train, test)
+            rows += backbone_table
+            if difference is not None:
+                differences.append(f"{backbone} {difference:.2g}")
+        sections.append((f"Backbones, float32, {args.threads} threads", rows))
+    if "precision" in parts:
+        sections.append((f"Precision: efficientnet_lite0, {args.threads} threads", precision_rows(args, train, test)))
+    if "busy" in parts:
+        sections.append(("A busy machine: CFlowAD's default fit on bottle and scoring, efficientnet_lite0",
+                         busy_rows(args, train, test)))
+    write_results(args.out, "Speed: backbones, precision, and a busy machine", (
+        f"Written by `benchmarks/bench_speed.py`: {args.image_size} px images, detectors fitted on "
+        f"{source} training features, median of {args.rounds} interleaved rounds of {args.images} "
+        "images (3 in the busy-machine table). CFlowAD: default parameters unless named. Paper's "
+        f"settings: {', '.join(f'{k}={v!r}' for k, v in PAPER_SETTINGS.items())}. The reference decoders are the "
+        "latter evaluated as the paper's code does (a positional encoding per fiber, a loop over "
+        "fiber batches); the largest difference between their anomaly maps and those of CFlowAD "
+        "with the paper's settings, per backbone: " + (", ".join(differences) or "not measured") + ". "
+        "Fit time in the busy-machine table is CFlowAD's fit on the training features (encoding "
+        "not included), with default parameters."
+    ), markdown_sections(sections))
     return 0
 
 

@@ -34,3 +34,32 @@ def resolve_device(device):
                 f"{torch.cuda.device_count()} CUDA device(s) are present."
             )
     return resolved
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype, device):
+    """Turn an ``inference_dtype`` parameter into a dtype name for ``device``.
+
+    ``"auto"`` is half precision on CUDA (bfloat16 where the device supports
+    it, else float16) and float32 on CPUs. On a CPU, float32 keeps what the
+    package promises exactly: ONNX exports that compute what skcflow
+    computes, and the full precision of 10 to 16-bit images (bfloat16 keeps
+    8 significant bits); bfloat16 is an option, twice as fast on CPUs with
+    bfloat16 instructions (``benchmarks/results/speed.md``).
+    """
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def autocast(dtype, device):
+    """A :func:`torch.autocast` to ``dtype`` (a name) on ``device``; none for float32."""
+    import contextlib
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))

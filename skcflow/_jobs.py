@@ -63,8 +63,8 @@ def _backend(backend, scheduler, n_jobs):
 
 
 def use_threads(threads):
-    """Set torch's threads for this job (None keeps the default)."""
+    """Give this job's estimators ``threads`` threads (None keeps the thread policy)."""
     if threads is not None:
-        import torch
+        from .threads import set_default_n_jobs
 
-        torch.set_num_threads(threads)
+        set_default_n_jobs(threads)

@@ -29,6 +29,7 @@ from ._progress import progress
 from .calibration import pvalues, thresholds
 from .features import IDENTITY, Features, _on_gpu
 from .geometry import resize_matrix, restore, smooth_resize_matrix
+from .threads import limit_threads
 
 
 def _along_axes(maps, rows, cols):
@@ -145,6 +146,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "pixel_threshold": [None, Real],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [None, Interval(Integral, None, -1, closed="right"),
+                   Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -185,8 +188,9 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             if y is not None:
                 raise ValueError("y is taken with Features only, not with a stream of batches.")
             batches = _reiterable(X)
-        self._learn(batches, first=True, in_memory=isinstance(X, Features))
-        self._fit_thresholds(batches)
+        with limit_threads(self.n_jobs):
+            self._learn(batches, first=True, in_memory=isinstance(X, Features))
+            self._fit_thresholds(batches)
         return self
 
     def partial_fit(self, X, y=None):
@@ -214,8 +218,9 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         start = 0 if first else self.n_train_samples_
         if not first:
             self._resume()
-        self._learn([features], first=first, in_memory=False)
-        self._fit_thresholds([features], start)
+        with limit_threads(self.n_jobs):
+            self._learn([features], first=first, in_memory=False)
+            self._fit_thresholds([features], start)
         return self
 
     def fit_predict(self, X, y=None):
@@ -458,7 +463,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
             stop = min(start + self.batch_size, len(features))
             rows = range(first_row + start, first_row + stop)
-            with torch.inference_mode():
+            with limit_threads(self.n_jobs), torch.inference_mode():
                 out = compute(features[start:stop], rows)
             if not torch.isfinite(out).all():
                 raise FloatingPointError(
@@ -494,7 +499,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         check_is_fitted(self)
         X = self._check_features(X)
         maps = torch.cat(list(self._iter_maps(X))).numpy()
-        return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
+        with limit_threads(self.n_jobs):
+            return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
 
     def score_samples(self, X):
         """Opposite of the image anomaly score (by default the map's maximum).

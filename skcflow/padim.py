@@ -64,6 +64,12 @@ class PaDiM(BaseDetector):
         image threshold ``-offset_``.
     batch_size : int, default=32
         Images embedded at once, in fit and when scoring.
+    n_jobs : int or None, default=None
+        Threads for the computation (torch's and BLAS's pools, set for each
+        call and restored after it; see :mod:`skcflow.threads`). ``None``
+        uses the cores other processes left idle, at least one, chosen
+        again at each call and each stage of fit; ``-1`` every core; a
+        positive int that many threads.
     device : str, default="auto"
         ``"auto"`` uses CUDA where available.
     random_state : int, RandomState instance or None, default=None
@@ -119,6 +125,7 @@ class PaDiM(BaseDetector):
         contamination=0.01,
         pixel_threshold=None,
         batch_size=32,
+        n_jobs=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -129,6 +136,7 @@ class PaDiM(BaseDetector):
         self.contamination = contamination
         self.pixel_threshold = pixel_threshold
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

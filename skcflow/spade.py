@@ -53,6 +53,12 @@ class SPADE(BaseDetector):
         about as many images get a mask as are predicted anomalous.
     batch_size : int, default=32
         Images scored at once.
+    n_jobs : int or None, default=None
+        Threads for the computation (torch's and BLAS's pools, set for each
+        call and restored after it; see :mod:`skcflow.threads`). ``None``
+        uses the cores other processes left idle, at least one, chosen
+        again at each call and each stage of fit; ``-1`` every core; a
+        positive int that many threads.
     device : str, default="auto"
         ``"auto"`` uses CUDA where available.
     verbose : int, default=0
@@ -101,6 +107,7 @@ class SPADE(BaseDetector):
         contamination=0.01,
         pixel_threshold=None,
         batch_size=32,
+        n_jobs=None,
         device="auto",
         verbose=0,
     ):
@@ -109,6 +116,7 @@ class SPADE(BaseDetector):
         self.contamination = contamination
         self.pixel_threshold = pixel_threshold
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.device = device
         self.verbose = verbose
 

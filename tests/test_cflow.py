@@ -87,7 +87,7 @@ def test_neighborhood_averages_each_vector_with_its_neighbours(fitted, train_fea
         # Borders average the neighbours that exist.
         torch.testing.assert_close(averaged[..., 0, 0], fmap[..., :2, :2].mean((-2, -1)))
     plain = clone(fitted).set_params(neighborhood=1)
-    plain.levels_ = fitted.levels_
+    plain.levels_, plain.channels_ = fitted.levels_, fitted.channels_
     for index, same in zip(plain.levels_, plain._levels(batch)):
         assert same is batch.maps[index]
 
@@ -288,3 +288,33 @@ def test_large_whitening_warns(train_features, monkeypatch):
     monkeypatch.setattr(skcflow.cflow, "_WHITEN_WARN_BYTES", 1000)
     with pytest.warns(UserWarning, match="whiten=False"):
         CFlowAD(**{**FAST, "max_iter": 2}).fit(train_features)
+
+
+def test_max_dims_models_a_random_subset_of_wide_levels(train_features, test_features, tmp_path):
+    import skcflow
+
+    narrow = CFlowAD(**{**FAST, "max_dims": 16}).fit(train_features)
+    dims = [train_features.shapes[k][0] for k in narrow.levels_]
+    assert [len(c) for c in narrow.channels_] == [16, 16]
+    for channels, dim in zip(narrow.channels_, dims):
+        assert (channels.diff() > 0).all() and channels.max() < dim
+    again = CFlowAD(**{**FAST, "max_dims": 16}).fit(train_features)
+    assert all(torch.equal(a, b) for a, b in zip(narrow.channels_, again.channels_))
+    full = CFlowAD(**FAST).fit(train_features)
+    assert [len(c) for c in full.channels_] == dims
+    assert narrow.model_size_bytes_ < full.model_size_bytes_ / 4
+    maps = narrow.anomaly_map(test_features)
+    assert np.isfinite(maps).all()
+    skcflow.save(narrow, tmp_path / "narrow.skcflow")
+    np.testing.assert_array_equal(skcflow.load(tmp_path / "narrow.skcflow").anomaly_map(test_features), maps)
+
+
+def test_max_dims_selects_channels_before_everything_else(train_features, test_features):
+    narrow = CFlowAD(**{**FAST, "max_dims": 16}).fit(train_features)
+    # The same model on features cut to its channels beforehand: the same maps.
+    with torch.inference_mode():
+        direct = [narrow._maps().log_prob(i, m, None) for i, m in enumerate(
+            [test_features.maps[k][:, c] for k, c in zip(narrow.levels_, narrow.channels_)])]
+        through = narrow._level_log_probs(test_features)
+    for a, b in zip(direct, through):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

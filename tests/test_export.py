@@ -136,6 +136,13 @@ def test_what_is_not_exported_says_why(synthetic, train_features, tmp_path):
                          FAST_DETECTORS["cflow"](inference_dtype="bfloat16")).fit(synthetic.train.images)
     with pytest.raises(ValueError, match="set_params.inference_dtype='float32'"):
         export_onnx(half, tmp_path / "half.onnx")
+    half_encoder = make_pipeline(FeatureExtractor(image_size=64, device="cpu", inference_dtype="bfloat16"),
+                                 FAST_DETECTORS["padim"]()).fit(synthetic.train.images)
+    with pytest.raises(ValueError, match="FeatureExtractor encodes in bfloat16"):
+        export_onnx(half_encoder, tmp_path / "half_encoder.onnx")
+    half_encoder[0].set_params(inference_dtype="float32").fit()
+    export_onnx(half_encoder, tmp_path / "exact.onnx")
+    (tmp_path / "exact.onnx").unlink()
     with pytest.raises(TypeError, match="pipeline of a FeatureExtractor and a detector"):
         export_onnx(PaDiM(n_features=10, device="cpu").fit(train_features), tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())

@@ -263,3 +263,23 @@ def test_non_square_image_size():
     for bad in [(16, 64), (64,), (64, 64, 3), "64"]:
         with pytest.raises((ValueError, InvalidParameterError), match="image_size"):
             FeatureExtractor(image_size=bad, device="cpu").fit()
+
+
+def test_inference_dtype_auto_is_float32_on_a_cpu():
+    from skcflow._device import resolve_dtype
+
+    assert FeatureExtractor(image_size=64, device="cpu").fit().inference_dtype_ == "float32"
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
+
+
+def test_bfloat16_features_round_float32_ones_and_stay_batch_independent():
+    images = np.random.RandomState(0).randint(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    exact = FeatureExtractor(image_size=64, device="cpu", inference_dtype="float32").fit()
+    half = FeatureExtractor(image_size=64, device="cpu", inference_dtype="bfloat16").fit()
+    assert half.identity_ == exact.identity_
+    full, alone = half.transform(images), half.transform(images[2:3])
+    for a, b, reference in zip(full.maps, alone.maps, exact.transform(images).maps):
+        assert a.dtype == torch.float32
+        assert not torch.equal(a, reference)
+        torch.testing.assert_close(a, reference, rtol=0, atol=0.05 * float(reference.abs().max()))
+        torch.testing.assert_close(a[2:3], b, rtol=0, atol=1e-5)

@@ -80,6 +80,12 @@ def _graph(pipeline):
             "position, which would make the graph as large and slow; export PaDiM or CFlowAD, "
             "or score SPADE with skcflow."
         )
+    if extractor.inference_dtype_ != "float32":
+        raise ValueError(
+            f"the graph computes in float32, but this pipeline's FeatureExtractor encodes in "
+            f"{extractor.inference_dtype_}; set_params(inference_dtype='float32') and fit it "
+            "again first (its identity does not change: the detector stays valid)."
+        )
     if getattr(detector, "inference_dtype", "float32") != "float32":
         raise ValueError(
             f"the graph computes in float32, but this CFlowAD scores in "
@@ -149,7 +155,8 @@ def export_onnx(model, path, check_images=None):
     Raises
     ------
     ValueError
-        For SPADE, for CFlowAD scoring in half precision, or if onnxruntime
+        For SPADE, for an extractor or a CFlowAD computing in half
+        precision, or if onnxruntime
         does not reproduce skcflow's maps to 1e-3 of their range (on MVTec
         bottle, the default pipelines' maps agree to 8.5e-5 of their range
         for CFlowAD and 5e-7 for PaDiM).
