@@ -27,7 +27,9 @@ def _detector(name, args):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(DETECTORS)}.")
     params = {"device": args.device, "verbose": int(not args.quiet)}
     if name == "cflow":
-        params.update(max_iter=args.max_iter, n_epochs=args.epochs)
+        params["n_epochs"] = args.epochs
+        if args.max_iter is not None:
+            params["max_iter"] = args.max_iter
     if name != "spade":
         params["random_state"] = args.seed
     return getattr(skcflow, DETECTORS[name])(**params)
@@ -38,7 +40,8 @@ def _extractor(args, image_size):
 
     return FeatureExtractor(backbone=args.backbone, image_size=image_size,
                             keep_aspect=args.keep_aspect, bit_depth=args.bit_depth,
-                            device=args.device, verbose=int(not args.quiet))
+                            device=args.device, inference_dtype=args.inference_dtype,
+                            verbose=int(not args.quiet))
 
 
 def _size_text(size):
@@ -458,7 +461,11 @@ def _add_model_options(parser):
                         help="bits per sample of the camera: 8, 10, 12, 14, 16 or auto (8 for "
                              "8-bit files, 16 for 16-bit ones)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-iter", type=int, default=500, help="CFlowAD steps per level")
+    parser.add_argument("--inference-dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        default="auto", help="precision of the encoder (auto: float32 on a CPU, "
+                                             "half precision on CUDA)")
+    parser.add_argument("--max-iter", type=int, default=None,
+                        help="CFlowAD steps per level (default: CFlowAD's, 250)")
     parser.add_argument("--epochs", type=float, default=None,
                         help="CFlowAD passes over the training features (capped by --max-iter)")
     parser.add_argument("--seed", type=int, default=0)

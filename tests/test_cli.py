@@ -219,3 +219,15 @@ def test_compare_without_ground_truth_reports_image_auroc_only(tmp_path, capsys)
     assert 0 <= table["image AUROC"][0] <= 1
     assert table[["pixel AUROC", "AUPRO"]].isna().all().all()
     assert "no ground truth" not in printed and "n/a" in (out / "index.html").read_text()
+
+
+def test_inference_dtype_option_sets_the_encoders_precision(tmp_path, synthetic):
+    import skcflow
+    from PIL import Image
+
+    for i, image in enumerate(synthetic.train.images[:6]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    out = tmp_path / "half.skcflow"
+    assert main(["fit", "--images", str(tmp_path), "--model", "padim", "--out", str(out),
+                 "--inference-dtype", "bfloat16", *FAST]) == 0
+    assert skcflow.load(out)[0].inference_dtype_ == "bfloat16"
