@@ -136,25 +136,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "N"))
     parser.add_argument("--out", default=str(RESULTS / "scale.md"))
+    parser.add_argument("--parts", default="memory,accuracy,categories")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return 0
     if data_missing():
         return 0
-    memory = memory_rows()
-    accuracy = accuracy_rows()
-    categories = category_rows()
+    parts = args.parts.split(",")
+    sections = []
+    if "memory" in parts:
+        sections.append(("Peak memory and fit time on growing training sets (MTD magnetic tiles)", memory_rows()))
+    if "accuracy" in parts:
+        sections.append(("Streaming against in-memory CFlowAD", accuracy_rows()))
+    if "categories" in parts:
+        sections.append(("Many categories: skcflow compare --category all on a local Dask cluster",
+                         category_rows()))
     write_results(args.out, "Training sets of any size, and many categories", (
         "Written by `benchmarks/bench_scale.py`; efficientnet_lite0 at 256 px, default "
         f"parameters, random_state=0, data from {DATA}. Each memory row is a fit in a process "
         "of its own (peak resident memory of that process, torch and the encoder included); "
         "streamed fits read 32 files at a time and pass over them twice."
-    ), markdown_sections([
-        ("Peak memory and fit time on growing training sets (MTD magnetic tiles)", memory),
-        ("Streaming against in-memory CFlowAD", accuracy),
-        ("Many categories: skcflow compare --category all on a local Dask cluster", categories),
-    ]))
+    ), markdown_sections(sections))
     return 0
 
 

@@ -29,7 +29,7 @@ from ._progress import progress
 from .calibration import pvalues, thresholds
 from .features import IDENTITY, Features, _on_gpu
 from .geometry import resize_matrix, restore, smooth_resize_matrix
-from .threads import limit_threads
+from .threads import parallel_map, single_threaded
 
 
 def _along_axes(maps, rows, cols):
@@ -188,7 +188,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             if y is not None:
                 raise ValueError("y is taken with Features only, not with a stream of batches.")
             batches = _reiterable(X)
-        with limit_threads(self.n_jobs):
+        with single_threaded():
             self._learn(batches, first=True, in_memory=isinstance(X, Features))
             self._fit_thresholds(batches)
         return self
@@ -218,7 +218,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         start = 0 if first else self.n_train_samples_
         if not first:
             self._resume()
-        with limit_threads(self.n_jobs):
+        with single_threaded():
             self._learn([features], first=first, in_memory=False)
             self._fit_thresholds([features], start)
         return self
@@ -457,20 +457,29 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
         Memory does not grow with the set. ``rows``, the batch's ``range``
         of indices (``features`` starting at ``first_row``), lets a method
-        leave a training image out of its own scoring.
+        leave a training image out of its own scoring. On a CPU each image
+        is computed on its own, by ``n_jobs`` single-threaded workers
+        (:mod:`skcflow.threads`): an image's result is then the same in any
+        batch, with any ``n_jobs`` and under any load.
         """
         starts = range(0, len(features), self.batch_size)
         for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
             stop = min(start + self.batch_size, len(features))
-            rows = range(first_row + start, first_row + stop)
-            with limit_threads(self.n_jobs), torch.inference_mode():
-                out = compute(features[start:stop], rows)
+            out = torch.cat(parallel_map(
+                lambda piece: self._compute(compute, features, piece, first_row),
+                _pieces(start, stop, self.device_), self.n_jobs))
             if not torch.isfinite(out).all():
                 raise FloatingPointError(
                     f"{type(self).__name__} produced non-finite anomaly maps or scores; "
                     "the model or its input is corrupt."
                 )
             yield out.float().cpu()
+
+    @staticmethod
+    def _compute(compute, features, piece, first_row):
+        with torch.inference_mode():
+            return compute(features[piece.start : piece.stop],
+                           range(first_row + piece.start, first_row + piece.stop))
 
     def _iter_maps(self, features):
         return self._iter_batches(features, lambda batch, rows: self._batch_maps(batch))
@@ -499,7 +508,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         check_is_fitted(self)
         X = self._check_features(X)
         maps = torch.cat(list(self._iter_maps(X))).numpy()
-        with limit_threads(self.n_jobs):
+        with single_threaded():
             return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
 
     def score_samples(self, X):
@@ -650,6 +659,14 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         if "device_" in state:
             state["device_"] = torch.device("cpu")
         return state
+
+
+def _pieces(start, stop, device):
+    """The images ``start:stop`` as ranges computed at once: one each on a
+    CPU (see :meth:`BaseDetector._iter_batches`), all of them on a GPU."""
+    if device.type == "cpu":
+        return [range(i, i + 1) for i in range(start, stop)]
+    return [range(start, stop)]
 
 
 def _reiterable(batches):

@@ -46,11 +46,11 @@ from torch import nn
 
 from ._fitted import TensorSpec, integer, none, real, sequence
 from ._progress import progress
-from .base import BaseDetector, upsample
+from .base import BaseDetector, _pieces, upsample
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
 from .gaussian import PositionMoments, leave_one_out_whitened
 from .sampling import MapSample, ReservoirSample
-from .threads import limit_threads
+from .threads import parallel_map
 
 # Fibers used to initialise ActNorm: plenty for a mean and a scale.
 _INIT_FIBERS = 65536
@@ -192,11 +192,10 @@ class CFlowAD(BaseDetector):
     batch_size : int, default=32
         Images scored at once.
     n_jobs : int or None, default=None
-        Threads for the computation (torch's and BLAS's pools, set for each
-        call and restored after it; see :mod:`skcflow.threads`). ``None``
-        uses the cores other processes left idle, at least one, chosen
-        again at each call and each stage of fit; ``-1`` every core; a
-        positive int that many threads.
+        Worker threads, each computing whole images (and, in fit, whole
+        levels) on one thread of torch's (see :mod:`skcflow.threads`):
+        ``None`` or ``-1`` every core, a positive int that many. Results do
+        not depend on it, nor on what else runs on the machine.
     device : str, default="auto"
         ``"auto"`` uses CUDA where available.
     random_state : int, RandomState instance or None, default=None
@@ -365,7 +364,8 @@ class CFlowAD(BaseDetector):
 
     def _complete(self):
         first = not self.n_iter_
-        for level, flow in enumerate(self.flows_):
+        budgets = []
+        for level in range(len(self.flows_)):
             if self._cache_moments is not None:
                 # Covariances of few images would whiten new images to
                 # outliers: shrink them towards the level's average.
@@ -385,9 +385,13 @@ class CFlowAD(BaseDetector):
                 # the new images' share of all the training images.
                 share = self._cache_added / self.n_train_samples_
                 n_steps = max(_ROUND, math.ceil(self.max_iter * share))
-            # Each level chooses its threads anew: the load may have changed.
-            with limit_threads(self.n_jobs):
-                losses = self._train(level, sample, n_steps, initialize=first)
+            budgets.append(n_steps)
+        # The levels train at once, one worker each, each level from a
+        # random stream of its own: the model does not depend on n_jobs.
+        seed = self._seed()
+        curves = parallel_map(lambda level: self._train(level, budgets[level], first, seed),
+                              range(len(budgets)), self.n_jobs)
+        for level, (flow, losses) in enumerate(zip(self.flows_, curves)):
             if first:
                 self.n_iter_.append(len(losses))
                 self.loss_curve_.append(losses)
@@ -475,9 +479,11 @@ class CFlowAD(BaseDetector):
             return self.max_iter
         return min(self.max_iter, math.ceil(self.n_epochs * n_fibers / self.fiber_batch_size))
 
-    def _train(self, level, sample, n_steps, initialize):
-        """Train a level's flow on ``sample``'s vectors for ``n_steps`` steps."""
-        flow, generator = self.flows_[level], self._cache_generator
+    def _train(self, level, n_steps, initialize, seed):
+        """Train a level's flow on its sample's vectors for ``n_steps`` steps."""
+        flow, sample = self.flows_[level], self._cache_samples[level]
+        # Seeded by the level and the images seen: an update draws anew.
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + self.n_train_samples_ * 101 + level) % 2**63)
         if initialize:
             flow.norm.initialize(sample.init_vectors(_INIT_FIBERS, generator))
         _, height, width = self._level_shapes()[level]
@@ -567,9 +573,14 @@ class CFlowAD(BaseDetector):
         # floats per position): the per-position maxima over all of them
         # normalise every map, the training maps included.
         n = self.n_train_samples_
-        with torch.inference_mode():
-            chunks = [self._level_log_probs(batch[i : i + self.batch_size], n)
-                      for batch in batches for i in range(0, len(batch), self.batch_size)]
+
+        def leave_one_out(batch_and_piece):
+            batch, piece = batch_and_piece
+            with torch.inference_mode():
+                return self._level_log_probs(batch[piece.start : piece.stop], n)
+
+        chunks = [out for batch in batches for out in parallel_map(
+            leave_one_out, [(batch, piece) for piece in _pieces(0, len(batch), self.device_)], self.n_jobs)]
         log_probs = [torch.cat(levels) for levels in zip(*chunks)]
         maxima = [log_prob.amax(0) for log_prob in log_probs]
         if start:

@@ -28,7 +28,7 @@ from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
 from .geometry import frame_shape, placement
 from .readers import is_paths
-from .threads import limit_threads
+from .threads import parallel_map
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
 # mean 127 / std 128), not on torchvision's ImageNet statistics.
@@ -253,11 +253,6 @@ def build_encoder(backbone, layers, weights):
     return encoder.to(memory_format=torch.channels_last)
 
 
-# On a CPU, a batch's activations must stay in cache: encoding 256 px
-# images two (float32) or four (bfloat16) at a time is 2 to 3 times faster
-# than 32 at once (benchmarks/results/speed.md). Results do not depend on it.
-_CPU_CHUNK_BYTES = 2**19
-
 # Larger frames would need gigabytes of activations per image: a clear error
 # instead of a MemoryError deep in the encoder.
 _MAX_SIDE = 4096
@@ -333,11 +328,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images encoded at once; bounds memory.
     n_jobs : int or None, default=None
-        Threads for the computation (torch's and BLAS's pools, set for each
-        call and restored after it; see :mod:`skcflow.threads`). ``None``
-        uses the cores other processes left idle, at least one, chosen
-        again at each call and each stage of fit; ``-1`` every core; a
-        positive int that many threads.
+        Worker threads, each computing whole images on one thread of
+        torch's (see :mod:`skcflow.threads`): ``None`` or ``-1`` every core,
+        a positive int that many. Results do not depend on it, nor on what
+        else runs on the machine.
     verbose : int, default=0
         Show a progress bar while encoding when positive.
 
@@ -592,13 +586,17 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return PixelEncoder(self.encoder_, self.bit_depth_, self.frame_size_, self.keep_aspect)
 
     def _encode(self, batch):
-        chunks = [batch]
-        if self.device_.type == "cpu":
-            pixels = self.frame_size_[0] * self.frame_size_[1]
-            size = max(1, _CPU_CHUNK_BYTES // (pixels * getattr(torch, self.inference_dtype_).itemsize))
-            chunks = batch.split(size)
+        # On a CPU each image is encoded on its own, by skcflow.threads'
+        # workers: its features are then the same in any batch (oneDNN's
+        # rounding depends on the batch's size), and its activations stay
+        # in cache (efficientnet_lite0 at 256 px: 1.8 times faster than 32
+        # images at once, benchmarks/results/speed.md).
+        chunks = batch.split(1) if self.device_.type == "cpu" else [batch]
         encoder = self._pixel_encoder()
-        with limit_threads(self.n_jobs), torch.inference_mode(), \
-                autocast(self.inference_dtype_, self.device_):
-            outputs = [encoder(chunk.to(self.device_)) for chunk in chunks]
+
+        def encode(chunk):
+            with torch.inference_mode(), autocast(self.inference_dtype_, self.device_):
+                return encoder(chunk.to(self.device_))
+
+        outputs = parallel_map(encode, chunks, self.n_jobs)
         return [torch.cat(level) for level in zip(*outputs)]

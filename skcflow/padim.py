@@ -65,11 +65,10 @@ class PaDiM(BaseDetector):
     batch_size : int, default=32
         Images embedded at once, in fit and when scoring.
     n_jobs : int or None, default=None
-        Threads for the computation (torch's and BLAS's pools, set for each
-        call and restored after it; see :mod:`skcflow.threads`). ``None``
-        uses the cores other processes left idle, at least one, chosen
-        again at each call and each stage of fit; ``-1`` every core; a
-        positive int that many threads.
+        Worker threads, each computing whole images on one thread of
+        torch's (see :mod:`skcflow.threads`): ``None`` or ``-1`` every core,
+        a positive int that many. Results do not depend on it, nor on what
+        else runs on the machine.
     device : str, default="auto"
         ``"auto"`` uses CUDA where available.
     random_state : int, RandomState instance or None, default=None

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from skcflow import SPADE, CFlowAD, FeatureExtractor, PaDiM, make_defects, make_pipeline
-from skcflow.threads import available_cores, set_default_n_jobs
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -56,13 +55,9 @@ def fitted_pipeline(request, synthetic):
 
 @pytest.fixture(autouse=True)
 def _fixed_threads():
-    # Scores are compared bit for bit across fits, and float rounding
-    # differs with the thread count: n_jobs=None, which follows the load, is
-    # fixed here (tests/test_threads.py tests the policy itself).
+    # Scores are compared bit for bit across fits: keep one thread setting.
     threads = torch.get_num_threads()
-    previous = set_default_n_jobs(available_cores())
     yield
-    set_default_n_jobs(previous)
     torch.set_num_threads(threads)
     np.seterr(all="warn")
 
