@@ -73,9 +73,9 @@ def child(model, mode, n):
     print(json.dumps({"seconds": seconds, "peak_gb": peak, "n": detector.n_train_samples_}))
 
 
-def memory_rows():
+def memory_rows(models):
     rows = []
-    for model in ("PaDiM", "CFlowAD"):
+    for model in models:
         for mode in ("in memory", "streamed"):
             base = None
             for n in SIZES[mode]:
@@ -137,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "N"))
     parser.add_argument("--out", default=str(RESULTS / "scale.md"))
     parser.add_argument("--parts", default="memory,accuracy,categories")
+    parser.add_argument("--models", default="PaDiM,CFlowAD", help="of the memory table")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
@@ -146,7 +147,7 @@ def main(argv=None):
     parts = args.parts.split(",")
     sections = []
     if "memory" in parts:
-        sections.append(("Peak memory and fit time on growing training sets (MTD magnetic tiles)", memory_rows()))
+        sections.append(("Peak memory and fit time on growing training sets (MTD magnetic tiles)", memory_rows(args.models.split(","))))
     if "accuracy" in parts:
         sections.append(("Streaming against in-memory CFlowAD", accuracy_rows()))
     if "categories" in parts:

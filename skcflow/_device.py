@@ -46,8 +46,8 @@ def resolve_dtype(dtype, device):
     it, else float16) and float32 on CPUs. On a CPU, float32 keeps what the
     package promises exactly: ONNX exports that compute what skcflow
     computes, and the full precision of 10 to 16-bit images (bfloat16 keeps
-    8 significant bits); bfloat16 is an option, twice as fast on CPUs with
-    bfloat16 instructions (``benchmarks/results/speed.md``).
+    8 significant bits); bfloat16 is an option, 1.4 times as fast for
+    efficientnet_lite0 on a CPU with AVX512-BF16 (``benchmarks/results/speed.md``).
     """
     if dtype != "auto":
         return dtype

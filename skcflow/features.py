@@ -319,10 +319,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         ``fit``: bfloat16 on CUDA devices that support it (else float16),
         float32 on CPUs, with or without bfloat16 instructions, because
         float32 keeps ONNX exports exact and 16-bit images at full
-        precision. ``"bfloat16"`` on a CPU with AVX512-BF16 or AMX encodes
-        efficientnet_lite0's 256 px images about twice as fast and moves the
-        accuracy figures on ``../shared/data`` by at most 0.002
-        (``benchmarks/results/speed.md``, ``accuracy.md``). The extractor's
+        precision. ``"bfloat16"`` on a CPU with AVX512-BF16 encodes
+        efficientnet_lite0's 256 px images 1.37 times as fast at batch 32
+        (1.53 at batch 1); its effect on the accuracy figures on
+        ``../shared/data`` is in ``benchmarks/results/accuracy.md``. The extractor's
         identity does not depend on it: a detector fitted on float32
         features scores bfloat16 ones. ONNX exports compute in float32.
     batch_size : int, default=32
@@ -589,8 +589,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         # On a CPU each image is encoded on its own, by skcflow.threads'
         # workers: its features are then the same in any batch (oneDNN's
         # rounding depends on the batch's size), and its activations stay
-        # in cache (efficientnet_lite0 at 256 px: 1.8 times faster than 32
-        # images at once, benchmarks/results/speed.md).
+        # in cache (efficientnet_lite0 at 256 px, batch 32: 74.5 images/s on
+        # two workers against 30.5 for 32 images at once on torch's two
+        # threads, benchmarks/results/speed.md and its previous version).
         chunks = batch.split(1) if self.device_.type == "cpu" else [batch]
         encoder = self._pixel_encoder()
 

@@ -10,8 +10,8 @@ Why not torch's own threads: its OpenMP workers split every operator and
 wait for each other at its end. Where other processes hold the cores (an
 inspection PC runs a camera driver and a UI), one descheduled worker stalls
 the others for a whole time slice per operator, and work made of many small
-operators, such as a flow's training step, runs up to 10 times slower than
-alone (``benchmarks/results/speed.md``). Workers that each take whole
+operators, such as a flow's training step, runs up to 8 times slower than
+alone (CFlowAD's fit, ``benchmarks/results/speed_torch_threads.md``). Workers that each take whole
 images never wait for each other, so a busy machine costs them only its
 share of the cores; and every piece is computed on one thread in the same
 way whatever ``n_jobs`` and the load are, so results do not depend on them.
