@@ -65,9 +65,7 @@ class ReservoirSample:
     Each vector gets a random key, and the ``capacity`` vectors with the
     smallest keys are kept (bottom-k sampling): a uniform sample of all the
     vectors seen, whatever the order and size of the batches, in bounded
-    memory (``capacity x D`` floats, allocated at the first batch, so that a
-    fit's memory is set from its start and does not grow as the sample
-    fills).
+    memory (``capacity x D`` floats).
 
     Parameters
     ----------
@@ -79,20 +77,8 @@ class ReservoirSample:
 
     def __init__(self, capacity, generator):
         self.capacity, self.generator = capacity, generator
-        self._slots = self.whitened = None
-        self.seen = self.filled = 0
-
-    @property
-    def keys(self):
-        return self._slots[0][: self.filled]
-
-    @property
-    def positions(self):
-        return self._slots[1][: self.filled]
-
-    @property
-    def vectors(self):
-        return self._slots[2][: self.filled]
+        self.vectors = self.positions = self.keys = self.whitened = None
+        self.seen = 0
 
     def update(self, fibers):
         """Offer a batch of maps ``(N, H, W, D)``."""
@@ -101,19 +87,14 @@ class ReservoirSample:
         positions = torch.arange(height * width, device=fibers.device).repeat(n_images)
         vectors = fibers.reshape(-1, dim)
         self.seen += len(keys)
-        room = len(keys) if self.capacity is None else min(len(keys), self.capacity - self.filled)
-        if self.capacity is None or self._slots is None:
-            size = self.filled + room if self.capacity is None else self.capacity
-            slots = (keys.new_empty(size), positions.new_empty(size), vectors.new_empty(size, dim))
-            if self._slots is not None:
-                for new, old in zip(slots, self._slots):
-                    new[: self.filled] = old[: self.filled]
-            self._slots = slots
+        if self.keys is None:
+            self.keys, self.positions, self.vectors = keys[:0], positions[:0], vectors[:0]
+        room = len(keys) if self.capacity is None else max(0, self.capacity - len(self.keys))
         if room:
             # Until it is full, the reservoir takes the vectors as they come.
-            for slot, values in zip(self._slots, (keys, positions, vectors)):
-                slot[self.filled : self.filled + room] = values[:room]
-            self.filled += room
+            self.keys = torch.cat([self.keys, keys[:room]])
+            self.positions = torch.cat([self.positions, positions[:room]])
+            self.vectors = torch.cat([self.vectors, vectors[:room]])
             keys, positions, vectors = keys[room:], positions[room:], vectors[room:]
         if len(keys):
             # Then a newcomer takes the slot of a kept vector with a larger
