@@ -25,6 +25,7 @@ Usage: python benchmarks/bench_speed.py [--threads 2] [--rounds 5]
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import subprocess
@@ -170,9 +171,8 @@ def precision_rows(args, train, test):
                   for dtype in ("float32", "bfloat16")}
     model = CFlowAD(max_iter=20, random_state=0, device="cpu", n_jobs=args.threads)
     model.fit(extractors["float32"].transform(train))
-    decoders = {dtype: model.__class__(**{**model.get_params(), "inference_dtype": dtype}) for dtype in extractors}
-    for decoder in decoders.values():
-        decoder.__dict__.update({k: v for k, v in vars(model).items() if k.endswith("_")})
+    # One fitted model scored at two precisions (no refit: the flows train in float32).
+    decoders = {dtype: copy.copy(model).set_params(inference_dtype=dtype) for dtype in extractors}
     configs = [(f"encoder only, {e}", extractors[e], None) for e in extractors]
     configs += [(f"CFlowAD, encoder {e}, decoders {d}", extractors[e], decoders[d])
                 for e, d in (("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16"))]

@@ -1,5 +1,7 @@
 """Device resolution shared by the feature extractor and the detectors."""
 
+import contextlib
+
 import torch
 
 
@@ -58,8 +60,6 @@ def resolve_dtype(dtype, device):
 
 def autocast(dtype, device):
     """A :func:`torch.autocast` to ``dtype`` (a name) on ``device``; none for float32."""
-    import contextlib
-
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
