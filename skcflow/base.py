@@ -327,11 +327,14 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _training_outputs(self, batches, start):
         """Image scores and map maxima ``(N,), (N,)`` of the training images in ``batches``."""
-        outputs = []
-        for batch in batches:
-            outputs += self._iter_batches(batch, self._training_batch, start)
-            start += len(batch)
-        outputs = torch.cat(outputs).double().numpy()
+        # Written in place, not gathered: small results kept from batch to
+        # batch would pin the memory freed between them, and memory would
+        # grow with a stream's length.
+        outputs, row = np.empty((self.n_train_samples_ - start, 2)), 0
+        for batch in second_pass(batches, len(outputs)):
+            for out in self._iter_batches(batch, self._training_batch, start + row):
+                outputs[row : row + len(out)] = out.double().numpy()
+                row += len(out)
         return outputs[:, 0], outputs[:, 1]
 
     def _training_batch(self, features, rows):
@@ -667,6 +670,22 @@ def _pieces(start, stop, device):
     if device.type == "cpu":
         return [range(i, i + 1) for i in range(start, stop)]
     return [range(start, stop)]
+
+
+def second_pass(batches, expected):
+    """Yield ``batches`` again, checking that they hold the ``expected`` images the first pass had."""
+    seen = 0
+    for batch in batches:
+        seen += len(batch)
+        if seen > expected:
+            break
+        yield batch
+    if seen != expected:
+        raise ValueError(
+            f"the training batches held {expected} images when the model learned from them but "
+            f"{'more' if seen > expected else seen} when they were scored for the thresholds: a "
+            "stream must give the same images each time it is iterated over."
+        )
 
 
 def _reiterable(batches):

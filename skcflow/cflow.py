@@ -38,6 +38,7 @@ import math
 import warnings
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 # Private, as in scikit-learn's own estimators: parameter constraints have no public API.
@@ -46,7 +47,7 @@ from torch import nn
 
 from ._fitted import TensorSpec, integer, none, real, sequence
 from ._progress import progress
-from .base import BaseDetector, _pieces, upsample
+from .base import BaseDetector, _pieces, second_pass, upsample
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
 from .gaussian import PositionMoments, leave_one_out_whitened
 from .sampling import MapSample, ReservoirSample
@@ -166,14 +167,17 @@ class CFlowAD(BaseDetector):
         Random rotations of the training feature maps by up to this many
         degrees (the paper uses 5), each step drawing 32 maps; only for fits
         on features held in memory.
-    reservoir_size : int or None, default=262144
+    reservoir_size : int or None, default=131072
         Training vectors per level kept by a streaming fit (batches of
         features, see :meth:`fit`) or by :meth:`partial_fit`: a uniform
         sample, without replacement, of all the training images' vectors
         (a reservoir), which the flows train on; ``None`` keeps them all. A
         fit on ``Features`` in memory trains on all of them. The default
-        holds 262,144 vectors: 42 MB for efficientnet_lite0's 40-channel
-        level, 117 MB for its 112-channel one.
+        holds 131,072 vectors: 21 MB for efficientnet_lite0's 40-channel
+        level, 59 MB for its 112-channel one (vectors are whitened as they
+        are drawn, so there is no second copy). Twice as many cost 1.2 x
+        the peak memory of a 100-image fit on 3,000 images, against 1.05 x
+        (``benchmarks/results/scale.md``, which measures the accuracy too).
     inference_dtype : {"float32", "bfloat16", "float16"}, default="float32"
         Precision of the decoders' matrix products when scoring (under
         :func:`torch.autocast`; training always runs in float32). Half
@@ -290,7 +294,7 @@ class CFlowAD(BaseDetector):
         tol=None,
         n_iter_no_change=5,
         rotation=0.0,
-        reservoir_size=2**18,
+        reservoir_size=2**17,
         inference_dtype="float32",
         contamination=0.01,
         pixel_threshold=None,
@@ -574,15 +578,22 @@ class CFlowAD(BaseDetector):
         # floats per position): the per-position maxima over all of them
         # normalise every map, the training maps included.
         n = self.n_train_samples_
+        # Written in place as each image is done rather than gathered and
+        # concatenated: one copy, and no small results left in the workers'
+        # memory pools (see skcflow.streaming._give_back_freed_memory).
+        log_probs = [torch.empty(n - start, h, w, device=self.device_) for _, h, w in self._level_shapes()]
 
-        def leave_one_out(batch_and_piece):
-            batch, piece = batch_and_piece
+        def leave_one_out(offset_and_piece):
+            offset, batch, piece = offset_and_piece
             with torch.inference_mode():
-                return self._level_log_probs(batch[piece.start : piece.stop], n)
+                for out, log_prob in zip(log_probs, self._level_log_probs(batch[piece.start : piece.stop], n)):
+                    out[offset + piece.start : offset + piece.stop] = log_prob
 
-        chunks = [out for batch in batches for out in parallel_map(
-            leave_one_out, [(batch, piece) for piece in _pieces(0, len(batch), self.device_)], self.n_jobs)]
-        log_probs = [torch.cat(levels) for levels in zip(*chunks)]
+        offset = 0
+        for batch in second_pass(batches, n - start):
+            parallel_map(leave_one_out, [(offset, batch, piece) for piece in _pieces(0, len(batch), self.device_)],
+                         self.n_jobs)
+            offset += len(batch)
         maxima = [log_prob.amax(0) for log_prob in log_probs]
         if start:
             maxima = [torch.maximum(old, new) for old, new in zip(self.log_prob_max_, maxima)]
@@ -593,16 +604,15 @@ class CFlowAD(BaseDetector):
         # every other position's likelihoods turn into probabilities.
         self.log_prob_max_ = maxima
         self._cache_maps = None
-        outputs = []
-        for first in range(0, len(log_probs[0]), self.batch_size):
+        scores = np.empty(len(log_probs[0]))
+        for first in range(0, len(scores), self.batch_size):
             with torch.inference_mode():
                 maps = aggregate_likelihoods([lp[first : first + self.batch_size] for lp in log_probs],
                                              maxima, self.frame_size_)
             if not torch.isfinite(maps).all():
                 raise FloatingPointError("CFlowAD produced non-finite anomaly maps of its training "
                                          "images; the model or its input is corrupt.")
-            outputs.append(maps.flatten(1).amax(1).float().double())
-        scores = torch.cat(outputs).numpy()
+            scores[first : first + len(maps)] = maps.flatten(1).amax(1).float().double().cpu().numpy()
         return scores, scores.copy()
 
     def _fitted_tensors(self):

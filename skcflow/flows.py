@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 _LOG_2PI = math.log(2 * math.pi)
+# Floats of the padded batches in which PositionWhitening.at whitens.
+_PADDED_FLOATS = 2**22
 
 
 def positional_encoding(dim, height, width):
@@ -109,12 +111,26 @@ class PositionWhitening(nn.Module):
 
     def at(self, x, positions):
         """Whiten vectors ``(K, dim)``, each at its own flat position ``(K,)``."""
-        out = torch.empty_like(x)
+        # Grouped by position into padded (positions, most, dim) batches, so
+        # that each whitener is read once and the cost is one product per
+        # chunk of positions, whether a training step's few vectors per
+        # position come or a reservoir's thousands.
+        dim, n_positions = x.shape[1], len(self.mean)
         order = positions.argsort(stable=True)
-        counts = torch.bincount(positions, minlength=len(self.mean)).tolist()
-        for position, rows in enumerate(order.split(counts)):
-            if len(rows):
-                out[rows] = (x[rows] - self.mean[position]) @ self.whitener[position].T
+        counts = torch.bincount(positions, minlength=n_positions)
+        ends = counts.cumsum(0).tolist()
+        by_position = positions[order]
+        rank = torch.arange(len(x), device=x.device) - (counts.cumsum(0) - counts)[by_position]
+        most = int(counts.max()) if len(x) else 0
+        step = max(1, _PADDED_FLOATS // max(1, most * dim))
+        out = torch.empty_like(x)
+        for first in range(0, n_positions, step):
+            last = min(first + step, n_positions)
+            group = slice(ends[first - 1] if first else 0, ends[last - 1])
+            rows, where = order[group], (by_position[group] - first, rank[group])
+            padded = x.new_zeros(last - first, most, dim)
+            padded[where] = x[rows] - self.mean[by_position[group]]
+            out[rows] = torch.bmm(padded, self.whitener[first:last].transpose(1, 2))[where]
         return out
 
     def log_det(self):

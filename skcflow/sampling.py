@@ -77,7 +77,7 @@ class ReservoirSample:
 
     def __init__(self, capacity, generator):
         self.capacity, self.generator = capacity, generator
-        self.vectors = self.positions = self.keys = self.whitened = None
+        self.vectors = self.positions = self.keys = self._whiten_at = None
         self.seen = 0
 
     def update(self, fibers):
@@ -109,21 +109,24 @@ class ReservoirSample:
             self.vectors[evicted] = vectors[entering]
 
     def prepare(self, whiten_at, rotation):
-        """Whiten every kept vector at its own position, once."""
+        """Whiten the vectors drawn from now on, each at its own position."""
         if rotation:
             raise ValueError(
                 "rotation needs the training maps, which a streaming or incremental fit does not "
                 "keep: fit on Features in memory, or set rotation=0."
             )
-        self.whitened = whiten_at(self.vectors, self.positions)
+        # Whitened as they are drawn, not once: a whitened copy would double
+        # the reservoir's memory, and a training step's batch is whitened
+        # in about the time of one flow step.
+        self._whiten_at = whiten_at
 
     def init_vectors(self, count, generator):
-        chosen = torch.randint(len(self.whitened), (min(count, len(self.whitened)),), generator=generator)
-        return self.whitened[chosen.to(self.whitened.device)]
+        return self.sample(min(count, len(self.vectors)), generator)[0]
 
     def sample(self, size, generator):
-        chosen = torch.randint(len(self.whitened), (size,), generator=generator).to(self.whitened.device)
-        return self.whitened[chosen], self.positions[chosen]
+        chosen = torch.randint(len(self.vectors), (size,), generator=generator).to(self.vectors.device)
+        positions = self.positions[chosen]
+        return self._whiten_at(self.vectors[chosen], positions), positions
 
 
 def rotate(fibers, max_degrees, generator):

@@ -44,6 +44,21 @@ def test_whitening_of_an_image_does_not_depend_on_its_batch(vectors):
     assert torch.equal(whitening(vectors[3:4]), whitening(vectors)[3:4])
 
 
+@pytest.mark.parametrize("padded_floats", [2**22, 2 * D])
+def test_whitening_at_given_positions_matches_whitening_the_maps(vectors, monkeypatch, padded_floats):
+    # A small padded batch makes at() whiten a position at a time.
+    monkeypatch.setattr("skcflow.flows._PADDED_FLOATS", padded_floats)
+    whitening = _whitening(vectors)
+    expected = whitening(vectors)
+    generator = torch.Generator().manual_seed(0)
+    # Positions drawn with repeats, one never drawn, in no order.
+    image = torch.randint(N, (40,), generator=generator)
+    position = torch.randint(P - 1, (40,), generator=generator)
+    got = whitening.at(vectors[image, position], position)
+    torch.testing.assert_close(got, expected[image, position])
+    assert whitening.at(vectors[0, :0], position[:0]).shape == (0, D)
+
+
 @pytest.mark.parametrize("shrinkage", [0.0, 0.4])
 def test_leave_one_out_whitening_matches_refitting_without_the_vector(vectors, shrinkage):
     reg = 1e-3

@@ -109,6 +109,18 @@ def test_streams_hold_one_batch_and_refuse_iterators(synthetic, tmp_path, monkey
         make_pipeline(FeatureExtractor(image_size=64, device="cpu"), PaDiM()).fit(generator)
     with pytest.raises(TypeError, match="re-iterable"):
         PaDiM().fit(iter([pipe[0].transform(synthetic.train.images)]))
+    # A stream that gives fewer images the second time cannot be scored for thresholds.
+    shrinking = [pipe[0].transform(synthetic.train.images)]
+
+    class Shrinking:
+        def __iter__(self):
+            yield shrinking[0]
+            shrinking[0] = shrinking[0][:-1]
+
+    for detector in (PaDiM(n_features=20, device="cpu"), CFlowAD(max_iter=2, device="cpu")):
+        shrinking[0] = pipe[0].transform(synthetic.train.images)
+        with pytest.raises(ValueError, match="must give the same images each time"):
+            detector.fit(Shrinking())
     with pytest.raises(ValueError, match="rotation needs the training maps"):
         CFlowAD(rotation=5, max_iter=2, device="cpu").fit(FeatureStream(pipe[0], [synthetic.train.images]))
 
