@@ -175,9 +175,10 @@ class CFlowAD(BaseDetector):
         fit on ``Features`` in memory trains on all of them. The default
         holds 131,072 vectors: 21 MB for efficientnet_lite0's 40-channel
         level, 59 MB for its 112-channel one (vectors are whitened as they
-        are drawn, so there is no second copy). Twice as many cost 1.2 x
-        the peak memory of a 100-image fit on 3,000 images, against 1.05 x
-        (``benchmarks/results/scale.md``, which measures the accuracy too).
+        are drawn, so there is no second copy). A streamed fit on 3,000
+        images peaks at 1.10 x the memory of one on 100, against 1.19 x
+        with twice the reservoir (``benchmarks/results/scale.md``, which
+        measures the accuracy too).
     inference_dtype : {"float32", "bfloat16", "float16"}, default="float32"
         Precision of the decoders' matrix products when scoring (under
         :func:`torch.autocast`; training always runs in float32). Half
