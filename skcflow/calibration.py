@@ -131,12 +131,38 @@ def thresholds(training_scores, training_maxima, maps_score_images, contaminatio
     return offset, pixel, contamination
 
 
-def false_alarm_test(n_alarms, n_normal, false_alarm_rate):
-    """One-sided binomial test of a conformal guarantee on normal images.
+def false_alarm_test(n_alarms, n_normal, false_alarm_rate, n_reference):
+    """One-sided test of the conformal guarantee on normal images scored against one model.
 
-    Returns ``P(X >= n_alarms)`` for ``X ~ Binomial(n_normal, false_alarm_rate)``:
-    the chance of so many false alarms, or more, if the rate were exactly
-    the level; a small value (below 0.05, say) contradicts the guarantee.
+    The normal images share one set of ``n_reference`` reference scores, so
+    their false alarms are not independent: given the reference, the
+    false-alarm rate of :func:`conformal_threshold` at level ``a`` is
+    ``F ~ Beta(n + 1 - k, k)`` (``k = ceil((1 - a) (n + 1))``, capped at
+    ``n``; the distribution of one minus the ``k``-th of ``n`` uniform order
+    statistics), with mean at most ``a``, and the count of false alarms
+    among ``n_normal`` images is beta-binomial. (A binomial test at rate
+    ``a`` ignores ``F``'s spread and rejects a valid guarantee too often.)
+
+    Returns
+    -------
+    p : float
+        ``P(X >= n_alarms)`` for that beta-binomial count: the chance of so
+        many false alarms, or more, if the guarantee holds with equality; a
+        small value (below 0.05, say) contradicts the guarantee.
+
+    Examples
+    --------
+    >>> from skcflow.calibration import false_alarm_test
+    >>> round(false_alarm_test(2, 20, 0.10, n_reference=200), 3)
+    0.593
     """
-    return float(sum(math.comb(n_normal, k) * false_alarm_rate**k * (1 - false_alarm_rate) ** (n_normal - k)
-                     for k in range(n_alarms, n_normal + 1)))
+    k = min(math.ceil((1 - false_alarm_rate) * (n_reference + 1)), n_reference)
+    a, b = n_reference + 1 - k, k
+
+    def log_beta(x, y):
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    return float(min(1.0, sum(
+        math.comb(n_normal, j) * math.exp(log_beta(j + a, n_normal - j + b) - log_beta(a, b))
+        for j in range(n_alarms, n_normal + 1)
+    )))

@@ -1,9 +1,11 @@
 """Decisions without defect samples: p-values, thresholds without a refit, synthetic defects."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
@@ -41,7 +43,18 @@ def test_pvalues_are_the_share_of_training_images_at_least_as_anomalous():
     # Exchangeable normal scores: the false-alarm rate is at most the level.
     alarms = [(pvalues(rng.normal(size=1), rng.normal(size=49)) <= 0.1).item() for _ in range(3000)]
     assert np.mean(alarms) <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 3000)
-    assert false_alarm_test(0, 20, 0.05) == pytest.approx(1.0) and false_alarm_test(8, 20, 0.05) < 1e-4
+    assert false_alarm_test(0, 20, 0.05, 49) == pytest.approx(1.0) and false_alarm_test(8, 20, 0.05, 1000) < 1e-3
+    # The count of false alarms against one reference is beta-binomial, wider than binomial.
+    for n_alarms, n_normal, a, n in ((6, 20, 0.1, 209), (16, 191, 0.05, 761), (3, 30, 0.05, 9)):
+        k = min(math.ceil((1 - a) * (n + 1)), n)
+        assert false_alarm_test(n_alarms, n_normal, a, n) == pytest.approx(
+            scipy.stats.betabinom(n_normal, n + 1 - k, k).sf(n_alarms - 1))
+    simulated = []
+    for _ in range(400):
+        reference, normal = rng.normal(size=99), rng.normal(size=20)
+        simulated.append(false_alarm_test(int((pvalues(normal, reference) <= 0.1).sum()), 20, 0.1, 99))
+    # A valid test of a guarantee that holds: it rejects at 5% no more than about 5% of the time.
+    assert np.mean(np.array(simulated) <= 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 400)
 
 
 def test_pvalues_probabilities_and_decisions(fitted, test_features):
