@@ -542,12 +542,16 @@ class CFlowAD(BaseDetector):
                 chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in self._level_shapes()]
             else:
                 chunks = [self.batch_size] * len(self.levels_)
-            maps = self._cache_maps = CFlowMaps(
+            maps = CFlowMaps(
                 self.flows_, self.whitening_, self.levels_, self.channels_, self._level_shapes(), self.neighborhood,
                 self.condition_dim, self.frame_size_, self.log_prob_max_ if with_maxima else None,
                 chunks, self.inference_dtype,
             ).to(self.device_)
             maps.key = key
+            # Published only when complete: the scoring workers call this at
+            # once, and one that found it half-built would fail. Two may
+            # both build it; they build the same module.
+            self._cache_maps = maps
         return maps
 
     def _on_device(self, features):

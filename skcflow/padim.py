@@ -178,10 +178,12 @@ class PaDiM(BaseDetector):
             if self.device_.type == "cpu":
                 step = max(1, _CPU_CACHE_BYTES // (4 * len(self.channels_) ** 2))
             channels = split_channels(self.channels_, [d for d, _, _ in self.feature_shapes_])
-            maps = self._cache_maps = PaDiMMaps(
+            maps = PaDiMMaps(
                 channels, self.mean_, self.precision_, self.feature_shapes_[0][1:],
                 self.frame_size_, self.sigma, step).to(self.device_)
             maps.key = key
+            # Published only when complete, as CFlowAD._maps's.
+            self._cache_maps = maps
         return maps
 
     def _embed(self, features):
