@@ -325,6 +325,18 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             self.contamination = contamination
         return self
 
+    def _cached_maps(self, key, build):
+        """``build()``'s scoring module, kept while ``key`` holds."""
+        maps = self.__dict__.get("_cache_maps")
+        if maps is None or maps.key != key:
+            maps = build()
+            maps.key = key
+            # Published only when complete: the scoring workers call this at
+            # once, and one that found it half-built would fail. Two may
+            # both build it; they build the same module.
+            self._cache_maps = maps
+        return maps
+
     def _training_outputs(self, batches, start):
         """Image scores and map maxima ``(N,), (N,)`` of the training images in ``batches``."""
         # Written in place, not gathered: small results kept from batch to

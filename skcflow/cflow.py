@@ -535,24 +535,17 @@ class CFlowAD(BaseDetector):
     def _maps(self, with_maxima=True):
         """The fitted state's scoring module (:class:`CFlowMaps`), built once
         per setting of the parameters it depends on."""
-        maps = self.__dict__.get("_cache_maps")
-        key = (self.inference_dtype, self.batch_size, str(self.device_))
-        if maps is None or maps.key != key or (with_maxima and maps.maxima is None):
-            if self.device_.type == "cpu":
-                chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in self._level_shapes()]
-            else:
-                chunks = [self.batch_size] * len(self.levels_)
-            maps = CFlowMaps(
+        if self.device_.type == "cpu":
+            chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in self._level_shapes()]
+        else:
+            chunks = [self.batch_size] * len(self.levels_)
+        return self._cached_maps(
+            (self.inference_dtype, self.batch_size, str(self.device_), with_maxima),
+            lambda: CFlowMaps(
                 self.flows_, self.whitening_, self.levels_, self.channels_, self._level_shapes(), self.neighborhood,
                 self.condition_dim, self.frame_size_, self.log_prob_max_ if with_maxima else None,
                 chunks, self.inference_dtype,
-            ).to(self.device_)
-            maps.key = key
-            # Published only when complete: the scoring workers call this at
-            # once, and one that found it half-built would fail. Two may
-            # both build it; they build the same module.
-            self._cache_maps = maps
-        return maps
+            ).to(self.device_))
 
     def _on_device(self, features):
         """The pyramid with the modelled levels on the decoders' device."""

@@ -171,20 +171,15 @@ class PaDiM(BaseDetector):
 
     def _maps(self):
         """The fitted state's scoring module (:class:`PaDiMMaps`), built once."""
-        maps = self.__dict__.get("_cache_maps")
-        key = (id(self.mean_), self.sigma, str(self.device_))
-        if maps is None or maps.key != key:
+        def build():
             step = None
             if self.device_.type == "cpu":
                 step = max(1, _CPU_CACHE_BYTES // (4 * len(self.channels_) ** 2))
             channels = split_channels(self.channels_, [d for d, _, _ in self.feature_shapes_])
-            maps = PaDiMMaps(
-                channels, self.mean_, self.precision_, self.feature_shapes_[0][1:],
-                self.frame_size_, self.sigma, step).to(self.device_)
-            maps.key = key
-            # Published only when complete, as CFlowAD._maps's.
-            self._cache_maps = maps
-        return maps
+            return PaDiMMaps(channels, self.mean_, self.precision_, self.feature_shapes_[0][1:],
+                             self.frame_size_, self.sigma, step).to(self.device_)
+
+        return self._cached_maps((id(self.mean_), self.sigma, str(self.device_)), build)
 
     def _embed(self, features):
         """The kept channels of each image's positions, ``(B, P, d)``."""
