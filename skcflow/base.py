@@ -54,6 +54,17 @@ def upsample(maps, size):
     return _along_axes(maps, resize_matrix(height, size[0]), resize_matrix(width, size[1]))
 
 
+def all_finite(tensor):
+    """Whether every value of a non-empty tensor is finite.
+
+    One pass (a NaN makes both extremes NaN), where
+    ``isfinite(tensor).all()`` makes three over a batch of full-resolution
+    maps: a tenth of a frame's decoding time on a CPU.
+    """
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def split_channels(channels, dims):
     """Per level, the indices of the ``channels`` (of the concatenated
     pyramid, increasing) that lie in it, as long tensors."""
@@ -483,7 +494,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             out = torch.cat(parallel_map(
                 lambda piece: self._compute(compute, features, piece, first_row),
                 _pieces(start, stop, self.device_), self.n_jobs))
-            if not torch.isfinite(out).all():
+            if not all_finite(out):
                 raise FloatingPointError(
                     f"{type(self).__name__} produced non-finite anomaly maps or scores; "
                     "the model or its input is corrupt."

@@ -1,3 +1,4 @@
+import copy
 import io
 
 import joblib
@@ -318,3 +319,15 @@ def test_max_dims_selects_channels_before_everything_else(train_features, test_f
         through = narrow._level_log_probs(test_features)
     for a, b in zip(direct, through):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("level", [0, -1])
+def test_a_corrupt_model_raises_rather_than_returning_non_finite_maps(fitted, test_features, level):
+    corrupt = copy.deepcopy(fitted)
+    with torch.no_grad():
+        corrupt.flows_[level].couplings[0].out.bias[-1] = float("nan")
+    corrupt._cache_maps = None
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        corrupt.anomaly_map(test_features[:2])
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        corrupt.score_samples(test_features[:2])

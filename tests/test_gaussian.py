@@ -131,3 +131,19 @@ def test_non_positive_definite_covariance_is_refused():
     moments.update(torch.zeros(3, 1, 2))
     with pytest.raises(ValueError, match="not positive definite"):
         list(moments.cholesky_factors(-1.0))
+
+
+@pytest.mark.parametrize("dim", [8, 130])
+def test_whitening_multiplies_wide_vectors_as_columns_with_the_same_result(dim):
+    # Narrow levels are multiplied as rows, wide ones as columns
+    # (flows._WHITENER_ON_THE_LEFT_DIMS): both are L^-1 (x - m), whatever
+    # the batch.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, dim, generator=generator)
+    whitening = PositionWhitening(4, dim)
+    whitening.mean.normal_(generator=generator)
+    whitening.whitener.copy_(torch.randn(4, dim, dim, generator=generator).tril())
+    expected = torch.einsum("pij,npj->npi", whitening.whitener.double(), (x - whitening.mean).double())
+    got = whitening(x)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(whitening(x[2:3]), got[2:3])
