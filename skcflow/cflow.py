@@ -113,7 +113,7 @@ class CFlowAD(BaseDetector):
         flows' cost with them. The default keeps every channel of
         ``efficientnet_lite0``'s pyramid (at most 112) and shrinks
         wide_resnet50_2's model at 256 px from 2.1 GB to
-        88 MB (``benchmarks/results/speed.md``).
+        86 MB (``benchmarks/results/speed.md``).
     whiten : bool, default=True
         Whiten each position's feature vectors with the mean and covariance
         of the training vectors there before the flow (an exact, fixed
@@ -185,7 +185,7 @@ class CFlowAD(BaseDetector):
         precision is faster on GPUs with tensor cores; maps then differ from
         float32 ones by well under 1% of their range. On a CPU it is not
         faster (the decoders' time goes to elementwise work: end to end at
-        batch 32, 51.9 images/s with bfloat16 decoders against 53.4 with
+        batch 32, 71.1 images/s with bfloat16 decoders against 70.4 with
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.

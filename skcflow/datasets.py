@@ -613,6 +613,9 @@ def paste_defects(images, random_state=None):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be of shape (n, height, width, 3); got {images.shape}.")
+    if max(images.shape[1:3]) < 2:
+        raise ValueError(f"paste_defects needs images of at least 2 pixels along one side; got "
+                         f"{images.shape[1]} x {images.shape[2]} pixels.")
     full = np.iinfo(images.dtype).max if images.dtype.kind == "u" else 1.0
     kinds = list(np.resize(_DEFECT_KINDS, len(images)))
     rng.shuffle(kinds)
@@ -627,18 +630,27 @@ def paste_defects(images, random_state=None):
                  defect_type=[str(k) for k in kinds])
 
 
+# Draws of a defect's shape before paste_defects gives up on an image
+# too small for it (a shape can miss an image a few pixels wide).
+_MASK_ATTEMPTS = 1000
+
+
 def _pasted_mask(rng, kind, height, width):
     """A defect of ``kind`` drawn on a square of the longer side, cut to the
     image around its centre."""
     side = max(height, width)
-    while True:
+    for _ in range(_MASK_ATTEMPTS):
         mask = _DEFECT_MASKS[kind](rng, side)
         rows, cols = np.nonzero(mask)
+        if not len(rows):
+            continue
         top = int(np.clip(rows.mean() - height / 2, 0, side - height))
         left = int(np.clip(cols.mean() - width / 2, 0, side - width))
         mask = mask[top : top + height, left : left + width]
         if mask.sum() >= 0.001 * height * width:
             return mask
+    raise ValueError(f"paste_defects could not draw a {kind} on images of {height} x {width} pixels "
+                     f"in {_MASK_ATTEMPTS} attempts: the images are too small for its defects.")
 
 
 def _paint(image, mask, kind, rng):

@@ -589,7 +589,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         # On a CPU each image is encoded on its own, by skcflow.threads'
         # workers: its features are then the same in any batch (oneDNN's
         # rounding depends on the batch's size), and its activations stay
-        # in cache (efficientnet_lite0 at 256 px, batch 32: 74.5 images/s on
+        # in cache (efficientnet_lite0 at 256 px, batch 32: 71.7 images/s on
         # two workers against 30.5 for 32 images at once on torch's two
         # threads, benchmarks/results/speed.md and its previous version).
         chunks = batch.split(1) if self.device_.type == "cpu" else [batch]

@@ -176,6 +176,24 @@ def test_pasted_defects_change_exactly_their_masks():
     np.testing.assert_array_equal(paste_defects(good, random_state=1).images, paste_defects(good, random_state=1).images)
 
 
+def test_pasted_defects_on_tiny_images_or_a_clear_error():
+    rng = np.random.RandomState(0)
+    for shape in [(2, 2), (1, 64), (5, 3)]:
+        images = rng.randint(0, 256, (8, *shape, 3)).astype(np.uint8)
+        pasted = paste_defects(images, random_state=0)
+        np.testing.assert_array_equal((pasted.images != images).any(-1), pasted.masks.astype(bool))
+        assert (pasted.masks.reshape(8, -1).sum(1) > 0).all()
+    with pytest.raises(ValueError, match="1 x 1 pixels"):
+        paste_defects(np.zeros((4, 1, 1, 3), np.uint8), random_state=0)
+
+
+def test_pasted_defects_give_up_with_a_clear_error(monkeypatch):
+    # A shape that keeps missing the image stops after a bounded number of draws.
+    monkeypatch.setattr("skcflow.datasets._MASK_ATTEMPTS", 0)
+    with pytest.raises(ValueError, match="could not draw a .* on images of 1 x 9 pixels"):
+        paste_defects(np.zeros((1, 1, 9, 3), np.uint8), random_state=0)
+
+
 def test_synthetic_split_selects_with_good_images_only(synthetic):
     X, y, cv = synthetic_split(synthetic.train.images, validation=6, random_state=0)
     assert len(X) == len(synthetic.train.images) + 6
