@@ -48,7 +48,8 @@ def gaussian_log_likelihood(model, features):
     _, height, width = model.feature_shapes_[0]
     dim = len(model.channels_)
     log_det_precision = torch.linalg.slogdet(model.precision_.double())[1]
-    squared = torch.cat(batched(model._squared_distances, features)).double()
+    maps = model._maps()
+    squared = torch.cat(batched(lambda batch: maps.squared_distances(*batch.maps), features)).double()
     log_p = 0.5 * (log_det_precision - squared - dim * math.log(2 * math.pi)) / dim
     return log_p.view(len(features), height, width)
 
