@@ -27,7 +27,7 @@ _LOG_2PI = math.log(2 * math.pi)
 _PADDED_FLOATS = 2**22
 # From this width on, PositionWhitening multiplies an image's vectors as
 # columns (whitener @ x) rather than as rows (x @ whitener.T): the same
-# sums, and on a CPU 3 to 4 times faster at 120 and 128 dimensions (the
+# products up to rounding, and on a CPU 3 to 4 times faster at 120 and 128 dimensions (the
 # widths of resnet18's and wide_resnet50_2's levels under max_dims), where
 # the row product with one row per position is slow; at 112 and below it
 # is not, and stays (efficientnet_lite0's levels).
