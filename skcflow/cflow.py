@@ -535,17 +535,20 @@ class CFlowAD(BaseDetector):
     def _maps(self, with_maxima=True):
         """The fitted state's scoring module (:class:`CFlowMaps`), built once
         per setting of the parameters it depends on."""
-        if self.device_.type == "cpu":
-            chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in self._level_shapes()]
-        else:
-            chunks = [self.batch_size] * len(self.levels_)
-        return self._cached_maps(
-            (self.inference_dtype, self.batch_size, str(self.device_), with_maxima),
-            lambda: CFlowMaps(
-                self.flows_, self.whitening_, self.levels_, self.channels_, self._level_shapes(), self.neighborhood,
+        def build():
+            shapes = self._level_shapes()
+            if self.device_.type == "cpu":
+                chunks = [max(1, _CPU_CHUNK_FIBERS // (h * w)) for _, h, w in shapes]
+            else:
+                chunks = [self.batch_size] * len(self.levels_)
+            return CFlowMaps(
+                self.flows_, self.whitening_, self.levels_, self.channels_, shapes, self.neighborhood,
                 self.condition_dim, self.frame_size_, self.log_prob_max_ if with_maxima else None,
                 chunks, self.inference_dtype,
-            ).to(self.device_))
+            ).to(self.device_)
+
+        # Looked up for every image scored: only the key is computed here.
+        return self._cached_maps((self.inference_dtype, self.batch_size, str(self.device_), with_maxima), build)
 
     def _on_device(self, features):
         """The pyramid with the modelled levels on the decoders' device."""

@@ -27,10 +27,10 @@ _LOG_2PI = math.log(2 * math.pi)
 _PADDED_FLOATS = 2**22
 # From this width on, PositionWhitening multiplies an image's vectors as
 # columns (whitener @ x) rather than as rows (x @ whitener.T): the same
-# products up to rounding, and on a CPU 3 to 4 times faster at 120 and 128 dimensions (the
-# widths of resnet18's and wide_resnet50_2's levels under max_dims), where
-# the row product with one row per position is slow; at 112 and below it
-# is not, and stays (efficientnet_lite0's levels).
+# products up to rounding, and on a CPU 3 to 4 times faster at 120 and 128
+# dimensions (the widths of resnet18's and wide_resnet50_2's levels under
+# max_dims), where the row product with one row per position is slow; at
+# 112 and below it is not, and stays (efficientnet_lite0's levels).
 _WHITENER_ON_THE_LEFT_DIMS = 120
 
 
@@ -146,16 +146,15 @@ class PositionWhitening(nn.Module):
 
     def forward(self, x):
         """Whiten ``(N, P, dim)`` vectors, position by position."""
-        centred = x - self.mean
+        rows = (x - self.mean)[..., None, :]
         whitener_t = self.whitener.transpose(1, 2)
         if torch.compiler.is_exporting():
             # An exported graph's runtime multiplies each image's vector at
             # each position on its own, however many images there are.
-            return torch.matmul(centred[..., None, :], whitener_t)[..., 0, :]
+            return torch.matmul(rows, whitener_t)[..., 0, :]
         # One product per image here: torch folds the images of a batch
         # into one product, whose rounding depends on its shape, and an
         # image's map must not depend on its batch.
-        rows = centred[..., None, :]
         if x.shape[-1] < _WHITENER_ON_THE_LEFT_DIMS:
             return torch.stack([torch.bmm(image, whitener_t)[:, 0] for image in rows])
         # The columns as a transposed view of the rows: bmm then multiplies
