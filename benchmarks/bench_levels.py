@@ -4,15 +4,25 @@ For each category, CFlowAD is fitted with its defaults and with one default
 changed at a time: all three levels of the efficientnet_lite0 pyramid
 (``n_levels=None``), the features as they are (``neighborhood=1``), no
 whitening (``whiten=False``), and the paper's settings together
-(``whiten=False, neighborhood=1, n_levels=None``).
-For each modelled level, the level's own map (minus the log-likelihood per
-dimension, upsampled bilinearly, no smoothing) is evaluated, then the
-aggregated map (CFlowAD's ``anomaly_map``). The default fit is also
-aggregated with one normalising maximum per level, as the paper's code
-does, instead of one per position. The reference point is a Gaussian per
-position on the same neighbourhood-averaged features (mean and covariance +
-0.01 I: PaDiM's model without its channel subset or smoothing), per level
-and aggregated as the default CFlowAD is. Writes
+(``whiten=False, neighborhood=1, n_levels=None``). For each modelled level,
+the level's own map (minus the log-likelihood per dimension, upsampled
+bilinearly, no smoothing; image score: its maximum) is evaluated, then the
+model's own maps and image scores ('aggregated': the sum of calibrated
+probabilities, the image score from the coarsest level). For the default
+and ``n_levels=None`` fits, the same fitted model is also evaluated with the
+image score of the map's maximum, with each level's probabilities relative
+to the best training vector at each position (``normalization='position'``,
+the previous default) or of the level (``'level'``, the paper's code), and
+with the calibrated ``-log P`` of the levels summed (a product of
+probabilities) or maximised instead of the paper's sum of probabilities.
+The reference point is a Gaussian per position on the same
+neighbourhood-averaged features (mean and covariance + 0.01 I: PaDiM's model
+without its channel subset or smoothing; in-sample maxima), per level and
+aggregated. Last, ``n_levels`` in {2, None} is chosen from good images alone:
+fitted on 80% of the training images, scored on the other 20% as they are
+and with a pasted synthetic defect each
+(``skcflow.model_selection.synthetic_split``), beside each candidate's real
+test metrics after a fit on all training images. Writes
 benchmarks/results/levels.md.
 
 Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
@@ -22,12 +32,13 @@ import math
 import sys
 
 import torch
-from _common import category_parser, data_missing, load_category, write_results
+from _common import category_parser, data_missing, load_category, markdown_table, write_results
 
-from skcflow import CFlowAD, Features, PaDiM
+from skcflow import CFlowAD, FeatureExtractor, Features, PaDiM
 from skcflow.base import upsample
 from skcflow.cflow import aggregate_likelihoods
-from skcflow.metrics import aupro, image_auroc, pixel_auroc
+from skcflow.metrics import aupro, get_scorer, image_auroc, pixel_auroc
+from skcflow.model_selection import synthetic_split
 
 VARIANTS = {
     "CFlowAD": {},
@@ -64,17 +75,47 @@ def level_name(model, features, level):
     return f"{index} ({features.shapes[index][0]} channels)"
 
 
-def row(category, model, level, test, maps):
+def row(category, model, level, test, maps, scores=None):
     maps = maps.float().numpy()
-    scores = maps.reshape(len(maps), -1).max(1)
+    scores = maps.reshape(len(maps), -1).max(1) if scores is None else scores
     line = (f"| {category} | {model} | {level} | {image_auroc(test.target, scores):.4f} | "
             f"{pixel_auroc(test.masks, maps):.4f} | {aupro(test.masks, maps):.4f} |")
     print(line, flush=True)
     return line
 
 
-def evaluate(category, image_size, seed):
-    _, test, train_features, test_features, _ = load_category(category, image_size)
+def model_row(category, name, level, test, model, features):
+    """The row of a fitted CFlowAD's own maps and image scores."""
+    return row(category, name, level, test, torch.from_numpy(model.anomaly_map(features)),
+               -model.score_samples(features))
+
+
+def calibrated(model, log_probs):
+    """Each level's ``-log P`` of CFlowAD's calibrated normalisation, upsampled."""
+    size = model.frame_size_
+    return [upsample(((m.max() - lp) / (m.max() - mean)).clamp(min=0), size)
+            for lp, m, mean in zip(log_probs, model.log_prob_max_, model.log_prob_mean_)]
+
+
+def aggregations(category, name, model, test, features, log_probs):
+    """Rows of the fitted model's aggregation, and of the alternatives to it."""
+    rows = [model_row(category, name, "aggregated", test, model, features)]
+    defaults = model.get_params()
+    for params in ({"image_score": "map"}, {"normalization": "position", "image_score": "map"},
+                   {"normalization": "level", "image_score": "map"}):
+        model.set_params(**params)
+        text = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        rows.append(model_row(category, name, f"aggregated, {text}", test, model, features))
+    model.set_params(**{k: defaults[k] for k in ("normalization", "image_score")})
+    levels = torch.stack(calibrated(model, log_probs))
+    rows.append(row(category, name, "sum of calibrated -log P (image score: map maximum)", test, levels.sum(0)))
+    rows.append(row(category, name, "largest calibrated -log P (image score: map maximum)", test,
+                    levels.amax(0)))
+    return rows
+
+
+def evaluate(category, data, seed):
+    _, test, train_features, test_features, _ = data
     size = test_features.input_size
     rows = []
     for name, params in VARIANTS.items():
@@ -84,13 +125,12 @@ def evaluate(category, image_size, seed):
             for level, log_prob in enumerate(log_probs):
                 rows.append(row(category, name, level_name(model, test_features, level), test,
                                 upsample(-log_prob, size)))
-            rows.append(row(category, name, "aggregated", test,
-                            torch.from_numpy(model.anomaly_map(test_features))))
-            if not params:
-                default = model
-                one_maximum = [m.max() for m in model.log_prob_max_]
-                rows.append(row(category, name, "aggregated, one maximum per level (paper's code)",
-                                test, aggregate_likelihoods(log_probs, one_maximum, size)))
+        if params.keys() <= {"n_levels"}:
+            rows += aggregations(category, name, model, test, test_features, log_probs)
+        else:
+            rows.append(model_row(category, name, "aggregated", test, model, test_features))
+        if not params:
+            default = model
     # Gaussians on the features the default CFlowAD models.
     train_levels, test_levels = (list(default._levels(f)) for f in (train_features, test_features))
     maxima, log_probs = [], []
@@ -102,31 +142,57 @@ def evaluate(category, image_size, seed):
             log_probs.append(gaussian_log_likelihood(gaussian, one[1]))
             rows.append(row(category, "Gaussian per position", level_name(default, test_features, level),
                             test, upsample(-log_probs[-1], size)))
-        rows.append(row(category, "Gaussian per position", "aggregated", test,
+        rows.append(row(category, "Gaussian per position", "aggregated, normalization='position'", test,
                         aggregate_likelihoods(log_probs, maxima, size)))
     return rows
+
+
+def selection(category, data, image_size, seed):
+    """``n_levels`` chosen on synthetic defects pasted on held-out good images."""
+    train, test, train_features, test_features, _ = data
+    X, y, cv = synthetic_split(train.images, validation=0.2, random_state=seed)
+    fit_rows, validation_rows = next(cv.split(X, y))
+    extractor = FeatureExtractor(image_size=image_size).fit(train.images)
+    fit_features, validation_features = extractor.transform(X[fit_rows]), extractor.transform(X[validation_rows])
+    scorers = {name: get_scorer(name) for name in ("pixel_auroc", "aupro")}
+    candidates = []
+    for n_levels in (2, None):
+        synthetic = CFlowAD(n_levels=n_levels, random_state=seed).fit(fit_features)
+        model = CFlowAD(n_levels=n_levels, random_state=seed).fit(train_features)
+        maps = model.anomaly_map(test_features)
+        candidates.append({
+            "category": category, "n_levels": str(n_levels),
+            **{f"synthetic {name}": scorer(synthetic, validation_features, y[validation_rows])
+               for name, scorer in scorers.items()},
+            "real image AUROC": image_auroc(test.target, -model.score_samples(test_features)),
+            "real pixel AUROC": pixel_auroc(test.masks, maps), "real AUPRO": aupro(test.masks, maps),
+        })
+        print(candidates[-1], flush=True)
+    for name in scorers:
+        best = max(candidates, key=lambda c: c[f"synthetic {name}"])
+        for candidate in candidates:
+            candidate[f"chosen by synthetic {name}"] = "yes" if candidate is best else ""
+    return candidates
 
 
 def main(argv=None):
     args = category_parser(__doc__.splitlines()[0], "levels.md").parse_args(argv)
     if data_missing():
         return 0
-    rows = []
+    rows, choices = [], []
     for category in args.categories.split(","):
-        rows += evaluate(category, args.image_size, args.seed)
-    write_results(args.out, "Accuracy per pyramid level, and after CFLOW-AD's aggregation", (
-        f"Written by `benchmarks/bench_levels.py`; efficientnet_lite0 features at "
-        f"{args.image_size} px, CFlowAD (random_state={args.seed}) with default parameters "
-        "and with one or all of them set as in the paper. Per level: minus the "
-        "log-likelihood per dimension, upsampled, no smoothing. 'aggregated': CFLOW-AD's "
-        "sum of probabilities, each relative to the best training vector at its position "
-        "(CFlowAD's own maps), or, as in the paper's code, to the best one of the level. "
-        "Gaussians (in-sample maxima) are fitted on the neighbourhood-averaged levels the "
-        "default CFlowAD models."
-    ), [
+        data = load_category(category, args.image_size)
+        rows += evaluate(category, data, args.seed)
+        choices += selection(category, data, args.image_size, args.seed)
+    description = __doc__.split("\n\n", 1)[1].split("Writes")[0].strip()
+    write_results(args.out, "Accuracy per pyramid level, and after CFLOW-AD's aggregation", description, [
         "| category | density model | level | image AUROC | pixel AUROC | AUPRO |",
         "|---|---|---|---|---|---|",
         *rows,
+        "",
+        "## n_levels chosen from good images alone (synthetic defects)",
+        "",
+        *markdown_table(choices, list(choices[0])),
     ])
     return 0
 

@@ -296,9 +296,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.model_size_bytes_ = self._model_size()
 
     def _set_thresholds(self, **choice):
-        maps_score_images = type(self)._batch_scores is BaseDetector._batch_scores
         self.offset_, pixel, contamination = thresholds(
-            self.training_scores_, self.training_map_maxima_, maps_score_images, **choice)
+            self.training_scores_, self.training_map_maxima_, self._maps_score_images(), **choice)
         self.pixel_threshold_ = pixel if self.pixel_threshold is None else float(self.pixel_threshold)
         return contamination
 
@@ -443,6 +442,11 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         default pixel threshold then comes from the training maps.
         """
         return self._batch_maps(features).flatten(1).amax(1)
+
+    def _maps_score_images(self):
+        """Whether an image's score is its map's maximum (the pixel threshold
+        is then the image threshold)."""
+        return type(self)._batch_scores is BaseDetector._batch_scores
 
     def _check_features(self, X, reset=False):
         if not isinstance(X, Features):

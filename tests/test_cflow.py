@@ -28,32 +28,77 @@ def test_scores_follow_sklearn_conventions(fitted, test_features):
     assert maps.shape == (len(test_features), 64, 64) and maps.dtype == np.float32
     assert np.isfinite(maps).all()
     scores = fitted.score_samples(test_features)
-    np.testing.assert_allclose(scores, -maps.reshape(len(maps), -1).max(1), rtol=1e-6)
     np.testing.assert_allclose(fitted.decision_function(test_features), scores - fitted.offset_)
     labels = fitted.predict(test_features)
     assert set(labels) <= {-1, 1}
     np.testing.assert_array_equal(labels == -1, scores < fitted.offset_)
     masks = fitted.predict_mask(test_features)
     assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
-    # The default pixel threshold is the image threshold.
-    np.testing.assert_array_equal(masks.reshape(len(masks), -1).any(1), labels == -1)
+    np.testing.assert_array_equal(masks.reshape(len(masks), -1).any(1),
+                                  maps.reshape(len(maps), -1).max(1) > fitted.pixel_threshold_)
 
 
-def test_map_ranks_pixels_as_the_papers_aggregation(fitted, test_features):
-    # S = K - sum_k upsample(P_k), computed independently in float64, each
-    # level's P_k relative to its best training vector at the same position.
-    batch = test_features[:3]
+def test_image_score_is_the_coarsest_levels_least_likely_position(fitted, test_features):
+    # -log P of the coarsest level, P relative to the best training vector
+    # at each position, computed independently.
+    with torch.inference_mode():
+        coarsest = fitted._level_log_probs(test_features)[-1].double()
+    expected = (fitted.log_prob_max_[-1].double() - coarsest).clamp(min=0).flatten(1).amax(1).numpy()
+    np.testing.assert_allclose(-fitted.score_samples(test_features), expected, rtol=1e-6)
+    # Training images are flagged as often as they get a non-empty mask.
+    flagged = (fitted.training_scores_ > -fitted.offset_).mean()
+    masked = (fitted.training_map_maxima_ > fitted.pixel_threshold_).mean()
+    assert flagged == masked > 0
+
+
+def test_image_score_map_is_the_maps_maximum(train_features, test_features):
+    model = CFlowAD(**FAST, image_score="map").fit(train_features)
+    maps = model.anomaly_map(test_features)
+    scores = model.score_samples(test_features)
+    np.testing.assert_allclose(scores, -maps.reshape(len(maps), -1).max(1), rtol=1e-6)
+    # The default pixel threshold is then the image threshold.
+    masks = model.predict_mask(test_features)
+    np.testing.assert_array_equal(masks.reshape(len(masks), -1).any(1), model.predict(test_features) == -1)
+
+
+def _level_probabilities(fitted, batch, reference, scale):
     total = 0
     with torch.inference_mode():
         log_probs = fitted._level_log_probs(batch)
     for level, log_prob in enumerate(log_probs):
-        prob = torch.exp((log_prob.double() - fitted.log_prob_max_[level]).clamp(max=0))
+        prob = torch.exp(((log_prob.double() - reference(level)) / scale(level)).clamp(max=0))
         total = total + torch.nn.functional.interpolate(prob[:, None], size=(64, 64), mode="bilinear")[:, 0]
+    return total
+
+
+@pytest.mark.parametrize("normalization", ["calibrated", "position", "level"])
+def test_map_ranks_pixels_as_the_papers_aggregation(fitted, test_features, normalization):
+    # S = K - sum_k upsample(P_k), computed independently in float64, each
+    # level's P_k relative to its best training vector at the same
+    # position, or in the level, and then in units of the training
+    # vectors' mean distance to it.
+    model = clone(fitted).set_params(normalization=normalization)
+    model.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_") and not k.startswith("_")})
+    batch = test_features[:3]
+    best = [m.double().max() for m in fitted.log_prob_max_]
+    reference = {"position": lambda k: fitted.log_prob_max_[k].double()}.get(normalization, lambda k: best[k])
+    scale = (lambda k: best[k] - fitted.log_prob_mean_[k]) if normalization == "calibrated" else (lambda k: 1.0)
+    total = _level_probabilities(fitted, batch, reference, scale)
     n_levels = len(fitted.levels_)
     paper = (n_levels - total).numpy()
-    ours = fitted.anomaly_map(batch)
+    ours = model.anomaly_map(batch)
     np.testing.assert_allclose(ours, -np.log(1 - paper / n_levels), rtol=1e-5, atol=1e-6)
     assert (ours >= 0).all()
+
+
+def test_calibration_scales_each_level_by_its_training_spread(train_features, fitted):
+    with torch.inference_mode():
+        training = fitted._level_log_probs(train_features, len(train_features))
+    for mean, log_prob in zip(fitted.log_prob_mean_, training):
+        assert mean == pytest.approx(log_prob.double().mean().item(), rel=1e-9)
+    # The levels' spreads differ: one scale for all would favour one level.
+    spreads = [m.max().item() - mean for m, mean in zip(fitted.log_prob_max_, fitted.log_prob_mean_)]
+    assert min(spreads) > 0 and max(spreads) / min(spreads) > 1.1
 
 
 def test_probabilities_are_relative_to_each_positions_best_training_vector(train_features, fitted):
@@ -119,8 +164,14 @@ def test_thresholds_come_from_leave_one_out_training_maps(train_features, fitted
     # Left out of the whitening it helped fit, a training image looks less
     # normal, as a new normal image does.
     assert loo.mean() > fitted.anomaly_map(train_features).mean()
-    loo_scores = -loo.reshape(len(loo), -1).max(1)
-    assert fitted.offset_ == pytest.approx(np.quantile(loo_scores, fitted.contamination))
+    loo_maxima = loo.reshape(len(loo), -1).max(1)
+    np.testing.assert_allclose(fitted.training_map_maxima_, loo_maxima, rtol=1e-6)
+    assert fitted.pixel_threshold_ == pytest.approx(np.quantile(loo_maxima, 1 - fitted.contamination))
+    # The image scores too: of the coarsest level's leave-one-out likelihoods.
+    with torch.inference_mode():
+        coarsest = fitted._level_log_probs(train_features, len(train_features))[-1].double()
+    loo_scores = (fitted.log_prob_max_[-1] - coarsest).clamp(min=0).flatten(1).amax(1).numpy()
+    assert fitted.offset_ == pytest.approx(np.quantile(-loo_scores, fitted.contamination))
     assert np.mean(fitted.predict(train_features) == -1) <= 0.05
 
 
@@ -329,5 +380,8 @@ def test_a_corrupt_model_raises_rather_than_returning_non_finite_maps(fitted, te
     corrupt._cache_maps = None
     with pytest.raises(FloatingPointError, match="non-finite"):
         corrupt.anomaly_map(test_features[:2])
+    # Image scores come from the coarsest level alone, unless from the map.
+    if level == 0:
+        corrupt.set_params(image_score="map")
     with pytest.raises(FloatingPointError, match="non-finite"):
         corrupt.score_samples(test_features[:2])

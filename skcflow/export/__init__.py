@@ -59,9 +59,14 @@ class PipelineGraph(nn.Module):
         self.pixel_encoder, self.maps = pixel_encoder, maps
 
     def forward(self, images):
-        maps = self.maps(*self.pixel_encoder(images))
-        # Scores from the maps of their own precision, as the detectors' are.
-        return maps.float(), maps.flatten(1).amax(1).float()
+        pyramid = self.pixel_encoder(images)
+        if hasattr(self.maps, "maps_and_scores"):
+            maps, scores = self.maps.maps_and_scores(*pyramid)
+        else:
+            maps = self.maps(*pyramid)
+            scores = maps.flatten(1).amax(1)
+        # Scores of their own precision, as the detectors' are.
+        return maps.float(), scores.float()
 
 
 def _graph(pipeline):
