@@ -4,7 +4,8 @@ For each category, CFlowAD is fitted with its defaults and with one default
 changed at a time: all three levels of the efficientnet_lite0 pyramid
 (``n_levels=None``), the features as they are (``neighborhood=1``), no
 whitening (``whiten=False``), and the paper's settings together
-(``whiten=False, neighborhood=1, n_levels=None``). For each modelled level,
+(``whiten=False, neighborhood=1, n_levels=None, normalization='level',
+image_score='map'``). For each modelled level,
 the level's own map (minus the log-likelihood per dimension, upsampled
 bilinearly, no smoothing; image score: its maximum) is evaluated, then the
 model's own maps and image scores ('aggregated': the sum of calibrated
@@ -45,7 +46,8 @@ VARIANTS = {
     "CFlowAD, n_levels=None": {"n_levels": None},
     "CFlowAD, neighborhood=1": {"neighborhood": 1},
     "CFlowAD, whiten=False": {"whiten": False},
-    "CFlowAD, paper's settings": {"whiten": False, "neighborhood": 1, "n_levels": None},
+    "CFlowAD, paper's settings": {"whiten": False, "neighborhood": 1, "n_levels": None,
+                                  "normalization": "level", "image_score": "map"},
 }
 
 

@@ -36,7 +36,8 @@ __all__ = ["FORMAT_VERSION", "ModelFileError", "atomic_write", "check_destinatio
 
 FORMAT = "skcflow-model"
 # 4: safetensors with a SHA-256 digest, provenance and checked state.
-FORMAT_VERSION = 4
+# 5: CFlowAD's calibrated levels (log_prob_mean_) and image scores.
+FORMAT_VERSION = 5
 
 
 def provenance(model):
