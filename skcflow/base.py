@@ -6,8 +6,9 @@ scikit-learn outlier-detector API: input validation, batching, devices,
 ``predict_mask``, the ``contamination`` offset and the pixel threshold. A
 method only implements ``_fit`` (learn its state from normal features) and
 ``_batch_maps`` (anomaly maps of a small batch at input resolution); one
-whose paper scores images otherwise than by the maximum of the map also
-overrides ``_batch_scores``.
+that scores images otherwise than by the maximum of the map also
+overrides ``_batch_scores`` (and ``_maps_score_images`` where it can do
+both).
 """
 
 import copy

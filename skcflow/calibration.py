@@ -92,10 +92,11 @@ def thresholds(training_scores, training_maxima, maps_score_images, contaminatio
     training_scores, training_maxima : array-like of shape (n,)
         The training images' leave-one-out image scores and map maxima.
     maps_score_images : bool
-        Whether an image's score is its map's maximum (CFlowAD, PaDiM): the
-        pixel threshold is then the image threshold, so an image gets a
-        non-empty mask exactly when it is flagged. Otherwise (SPADE) it is
-        the one that flags as many training maps.
+        Whether an image's score is its map's maximum (PaDiM, CFlowAD with
+        ``image_score="map"``): the pixel threshold is then the image
+        threshold, so an image gets a non-empty mask exactly when it is
+        flagged. Otherwise (SPADE, CFlowAD by default) it is the one that
+        flags as many training maps.
     contamination : float, default=None
         The share of training images to flag, as a fit's ``contamination``.
     false_alarm_rate : float, default=None

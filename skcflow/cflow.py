@@ -101,11 +101,24 @@ class CFlowAD(BaseDetector):
     n_levels : int or None, default=2
         Model the ``n_levels`` coarsest levels of the feature pyramid (the
         paper's number of pooling layers, counted from the last); ``None``,
-        or more levels than the features have, models them all. With the
-        default ``efficientnet_lite0`` pyramid at 256 px, leaving out its
-        finest level (stride 4) raises MTD magnetic-tile image / pixel AUROC
-        from 0.948 / 0.775 to 0.958 / 0.798 and lowers MVTec bottle's from
-        1.000 / 0.991 to 1.000 / 0.986 (``benchmarks/results/levels.md``).
+        or more levels than the features have, models them all. The best
+        value depends on the product: with the default ``efficientnet_lite0``
+        pyramid at 256 px, leaving out its finest level (stride 4) raises
+        MTD magnetic-tile pixel AUROC / AUPRO from 0.785 / 0.754 to 0.809 /
+        0.763 and lowers MVTec bottle's from 0.992 / 0.967 to 0.987 / 0.944
+        (``benchmarks/results/levels.md``). No aggregation measured there
+        keeps both: fine levels sharpen an object's maps and blur a
+        texture's. Choose it from good images alone with synthetic defects,
+        which picks the better value on both categories::
+
+            X, y, cv = synthetic_split(good_images, random_state=0)
+            search = GridSearchCV(make_pipeline(FeatureExtractor(), CFlowAD()),
+                                  {"cflowad__n_levels": [2, None]},
+                                  scoring=get_scorer("pixel_auroc"), cv=cv).fit(X, y)
+
+        (``skcflow.model_selection.synthetic_split``,
+        ``skcflow.metrics.get_scorer``; ``search.best_estimator_`` is then
+        refitted on all the good images).
     neighborhood : int, default=3
         Replace each feature vector by the mean of the vectors in the
         ``neighborhood x neighborhood`` window around it (odd; 1 keeps the
@@ -210,15 +223,16 @@ class CFlowAD(BaseDetector):
         (the default before ``"calibrated"``). On bottle / magnetic tiles,
         pixel AUROC and AUPRO go from 0.986 / 0.935 and 0.803 / 0.751 with
         ``"position"`` to 0.987 / 0.944 and 0.809 / 0.763 (with
-        ``n_levels=None`` on bottle: 0.990 / 0.958 to 0.992 / 0.967).
+        ``n_levels=None`` on bottle: 0.990 / 0.960 to 0.992 / 0.967).
     image_score : {"coarsest", "map"}, default="coarsest"
         ``"map"``: an image's score is its map's maximum, as in the paper.
         ``"coarsest"``: the highest ``-log P`` over the positions of the
         coarsest modelled level, ``P`` relative to the most likely training
         vector at each position: that level describes the largest patches,
         and the finer levels that sharpen the maps add noise to an image's
-        maximum. MTD magnetic-tile image AUROC goes from 0.957 to 0.967
-        (bottle: 1.000 either way), and :meth:`score_samples` and
+        maximum. MTD magnetic-tile image AUROC goes from 0.946 to 0.967
+        (0.957 with the map's maximum and ``normalization="position"``;
+        bottle: 1.000 in every case), and :meth:`score_samples` and
         :meth:`predict` need only the coarsest level's flow. The default
         pixel threshold is then the one that gives as many training images a
         non-empty mask as are flagged.
@@ -702,8 +716,8 @@ class CFlowAD(BaseDetector):
         if self.levels_ != self._modelled_levels():
             return f"levels_ {self.levels_} are not the levels n_levels={self.n_levels} models."
         if (len(self.shrinkage_) != (n_levels if self.whiten else 0) or len(self.n_iter_) != n_levels
-                or [len(c) for c in self.loss_curve_] != self.n_iter_):
-            return "shrinkage_, n_iter_ and loss_curve_ do not match the modelled levels."
+                or [len(c) for c in self.loss_curve_] != self.n_iter_ or len(self.log_prob_mean_) != n_levels):
+            return "shrinkage_, n_iter_, loss_curve_ and log_prob_mean_ do not match the modelled levels."
         for flow in self.flows_:
             order = torch.arange(flow.dim).expand_as(flow.perms)
             if not (torch.equal(flow.perms.sort(1).values, order)

@@ -1,5 +1,6 @@
 """ONNX export and the torch-free runtime: the exported model answers as skcflow does."""
 
+import copy
 import csv
 import json
 import subprocess
@@ -48,6 +49,12 @@ def test_exported_model_answers_as_skcflow(exported, synthetic):
     assert (runtime.offset_, runtime.pixel_threshold_) == (pipe[-1].offset_, pipe[-1].pixel_threshold_)
     assert runtime.frame_size_ == (64, 64) and runtime.bit_depth_ == 8
     _assert_parity(pipe, runtime, synthetic.test.images)
+    # Thresholds move as the detector's do (CFlowAD's pixel threshold is not
+    # its image threshold: its image score is not the map's maximum).
+    detector = copy.deepcopy(pipe[-1]).set_threshold(contamination=0.2)
+    runtime.set_threshold(contamination=0.2)
+    assert (runtime.offset_, runtime.pixel_threshold_) == (detector.offset_, detector.pixel_threshold_)
+    assert (detector.pixel_threshold_ == -detector.offset_) == (type(detector).__name__ == "PaDiM")
 
 
 def test_graph_contract_and_metadata(exported):
@@ -162,7 +169,7 @@ def test_runtime_refuses_what_the_graph_cannot_take(exported, tmp_path):
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
     onnx.save(other, tmp_path / "other.onnx")
-    with pytest.raises(ValueError, match="not one exported by skcflow"):
+    with pytest.raises(ValueError, match="not one exported by this skcflow"):
         OnnxDetector(tmp_path / "other.onnx")
     (tmp_path / "text.onnx").write_text("hello")
     with pytest.raises(ValueError, match="not a readable ONNX model"):

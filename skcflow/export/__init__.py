@@ -22,7 +22,8 @@ The graph's contract:
   an image is anomalous when ``anomaly_score > -offset`` and a pixel when
   ``anomaly_map > pixel_threshold``;
 - metadata ``skcflow`` (a JSON string in the model's metadata properties):
-  ``method``, ``offset``, ``pixel_threshold``, ``frame_size``,
+  ``method``, ``maps_score_images`` (whether ``anomaly_score`` is the map's
+  maximum), ``offset``, ``pixel_threshold``, ``frame_size``,
   ``keep_aspect``, ``bit_depth``, ``input_dtype``, ``provenance``, and the
   training images' leave-one-out ``training_scores`` and
   ``training_map_maxima``, from which p-values and new thresholds follow
@@ -39,9 +40,7 @@ from sklearn.utils import Bunch
 from torch import nn
 
 from ..persistence import atomic_write, provenance
-
-FORMAT = "skcflow-onnx"
-FORMAT_VERSION = 1
+from ..runtime import FORMAT, FORMAT_VERSION
 # The largest difference, relative to a map's range, that the check after
 # export accepts between onnxruntime's maps and skcflow's. The runtimes'
 # convolutions round differently (about 1e-5 of the features), and a
@@ -106,6 +105,7 @@ def _metadata(pipeline):
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "method": type(detector).__name__,
+        "maps_score_images": detector._maps_score_images(),
         "offset": detector.offset_,
         "pixel_threshold": detector.pixel_threshold_,
         "training_scores": detector.training_scores_.tolist(),

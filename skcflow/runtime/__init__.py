@@ -20,6 +20,11 @@ from .._images import check_bit_depth, check_images
 from ..calibration import pvalues, thresholds
 from ..readers import read_images
 
+# What skcflow.export writes and this module reads. 2: the metadata says
+# whether an image's score is its map's maximum (CFlowAD's image_score).
+FORMAT = "skcflow-onnx"
+FORMAT_VERSION = 2
+
 __all__ = ["OnnxDetector"]
 
 
@@ -73,14 +78,16 @@ class OnnxDetector:
         document = self._session.get_modelmeta().custom_metadata_map.get("skcflow")
         try:
             metadata = json.loads(document)
-            readable = metadata["format"] == "skcflow-onnx" and metadata["format_version"] == 1
+            readable = metadata["format"] == FORMAT and metadata["format_version"] == FORMAT_VERSION
         except (TypeError, ValueError, KeyError):
             readable = False
         if not readable:
-            raise ValueError(f"{self.path} is an ONNX model, but not one exported by skcflow "
-                             "(no readable 'skcflow' metadata of format version 1).")
+            raise ValueError(f"{self.path} is an ONNX model, but not one exported by this skcflow "
+                             f"(no readable 'skcflow' metadata of format version {FORMAT_VERSION}); "
+                             "export the pipeline again.")
         self.batch_size = batch_size
         self.method_ = metadata["method"]
+        self._maps_score_images = bool(metadata["maps_score_images"])
         self.offset_ = float(metadata["offset"])
         self.pixel_threshold_ = float(metadata["pixel_threshold"])
         self.frame_size_ = tuple(metadata["frame_size"])
@@ -174,7 +181,7 @@ class OnnxDetector:
         """Move ``offset_`` and ``pixel_threshold_`` as the fitted detector's
         ``set_threshold`` does, from the training scores the file carries."""
         self.offset_, self.pixel_threshold_, _ = thresholds(
-            self.training_scores_, self.training_map_maxima_, self.method_ != "SPADE",
+            self.training_scores_, self.training_map_maxima_, self._maps_score_images,
             contamination=contamination, false_alarm_rate=false_alarm_rate, score=score)
         return self
 
