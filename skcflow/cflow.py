@@ -124,7 +124,8 @@ class CFlowAD(BaseDetector):
         ``neighborhood x neighborhood`` window around it (odd; 1 keeps the
         features as they are, as the paper does). The averaged vectors
         describe a patch rather than a point: on magnetic tiles pixel AUROC
-        goes from 0.737 to 0.798 (bottle: 0.987 to 0.986).
+        goes from 0.757 to 0.809, and AUPRO from 0.772 to 0.763 (bottle:
+        0.988 / 0.962 to 0.987 / 0.944; ``benchmarks/results/levels.md``).
     max_dims : int or None, default=128
         Model at most this many channels of each level: a random subset of
         a wider level's channels, drawn at fit (``random_state``), as PaDiM
@@ -139,8 +140,8 @@ class CFlowAD(BaseDetector):
         of the training vectors there before the flow (an exact, fixed
         affine layer of the flow). A positional encoding alone lets a flow
         learn such position-specific statistics only slowly: on MTD magnetic
-        tiles at 256 px, image / pixel AUROC go from 0.856 / 0.755 to
-        0.958 / 0.798 (bottle: 0.999 / 0.986 to 1.000 / 0.986). ``False`` is the
+        tiles at 256 px, image / pixel AUROC go from 0.834 / 0.750 to
+        0.967 / 0.809 (bottle: 0.999 / 0.987 to 1.000 / 0.987). ``False`` is the
         paper's decoder, whose only normalisation is a learned global one.
         The whitening holds ``H_k * W_k * D_k**2`` floats per level (``D_k``
         at most ``max_dims``): 19 MB for the default two levels of
@@ -154,7 +155,8 @@ class CFlowAD(BaseDetector):
         train 4.4 times faster: bottle image / pixel AUROC / AUPRO 1.000 /
         0.986 / 0.935 against 1.000 / 0.986 / 0.933, magnetic tiles 0.957 /
         0.803 / 0.751 against 0.958 / 0.798 / 0.749, fit on bottle's features
-        15 s against 68 s (``benchmarks/results/levels.md``).
+        15 s against 68 s (measured with ``normalization="position"`` and
+        ``image_score="map"``, the defaults then).
     condition_dim : int, default=128
         Size of the positional encoding (a multiple of 4).
     hidden_dim : int, "reference" or None, default=None
