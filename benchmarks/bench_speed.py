@@ -91,7 +91,7 @@ class ReferenceMaps(CFlowMaps):
 
 PAPER = "CFlowAD, paper's settings"
 PAPER_SETTINGS = dict(whiten=False, n_levels=None, neighborhood=1, max_dims=None, n_coupling_layers=8,
-                      hidden_dim="reference")
+                      hidden_dim="reference", normalization="level", image_score="map")
 PAPER_REFERENCE = "CFlowAD, paper's settings, reference decoders (before)"
 
 

@@ -209,6 +209,20 @@ def test_synthetic_split_selects_with_good_images_only(synthetic):
         synthetic_split(synthetic.train.images, validation=0)
 
 
+def test_n_levels_is_chosen_on_synthetic_defects_as_cflowad_documents(synthetic):
+    # The recipe of CFlowAD's n_levels docstring, on good images only.
+    good = synthetic.train.images
+    X, y, cv = synthetic_split(good, random_state=0)
+    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), FAST_DETECTORS["cflow"]())
+    search = GridSearchCV(pipe, {"cflowad__n_levels": [2, None]}, scoring=get_scorer("pixel_auroc"),
+                          cv=cv).fit(X, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert search.best_params_["cflowad__n_levels"] == [2, None][int(np.argmax(scores))]
+    assert ((0.5 < scores) & (scores <= 1)).all()
+    # Refitted on every good image, and on none of the defective copies.
+    assert search.best_estimator_[-1].n_train_samples_ == len(good)
+
+
 def test_compare_report_shows_scores_and_calibration(tmp_path):
     out = tmp_path / "report"
     assert main(["compare", "--out", str(out), "--image-size", "64", "--max-iter", "10", "--quiet",
