@@ -174,6 +174,16 @@ def test_runtime_refuses_what_the_graph_cannot_take(exported, tmp_path):
     (tmp_path / "text.onnx").write_text("hello")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         OnnxDetector(tmp_path / "text.onnx")
+    # An export of an older format, whose scores the runtime would threshold wrongly.
+    model = onnx.load(path)
+    for prop in model.metadata_props:
+        if prop.key == "skcflow":
+            metadata = json.loads(prop.value)
+            del metadata["maps_score_images"]
+            prop.value = json.dumps({**metadata, "format_version": 1})
+    onnx.save(model, tmp_path / "old.onnx")
+    with pytest.raises(ValueError, match="format version 2.*export the pipeline again"):
+        OnnxDetector(tmp_path / "old.onnx")
 
 
 def test_sixteen_bit_letterboxed_models_export(synthetic, tmp_path):

@@ -78,7 +78,8 @@ class OnnxDetector:
         document = self._session.get_modelmeta().custom_metadata_map.get("skcflow")
         try:
             metadata = json.loads(document)
-            readable = metadata["format"] == FORMAT and metadata["format_version"] == FORMAT_VERSION
+            readable = (metadata["format"] == FORMAT and metadata["format_version"] == FORMAT_VERSION
+                        and isinstance(metadata["maps_score_images"], bool))
         except (TypeError, ValueError, KeyError):
             readable = False
         if not readable:
@@ -87,7 +88,7 @@ class OnnxDetector:
                              "export the pipeline again.")
         self.batch_size = batch_size
         self.method_ = metadata["method"]
-        self._maps_score_images = bool(metadata["maps_score_images"])
+        self._maps_score_images = metadata["maps_score_images"]
         self.offset_ = float(metadata["offset"])
         self.pixel_threshold_ = float(metadata["pixel_threshold"])
         self.frame_size_ = tuple(metadata["frame_size"])
