@@ -892,7 +892,7 @@ class CFlowMaps(nn.Module):
     def scores(self, *pyramid):
         """Image anomaly scores ``(N,)`` of the pyramid's level maps."""
         if self.image_score == "map":
-            return self(*pyramid).flatten(1).amax(1)
+            return self.maps_and_scores(*pyramid)[1]
         # Only the coarsest level's flow is needed.
         last = len(self.levels) - 1
         return coarsest_scores(self.log_prob(last, pyramid[self.levels[last]]), self.score_maximum)
