@@ -1,7 +1,9 @@
 """Where CFlowAD's accuracy comes from: each pyramid level, and their aggregation.
 
-For each category, CFlowAD is fitted with its defaults and with one default
-changed at a time: all three levels of the efficientnet_lite0 pyramid
+For each category, CFlowAD is fitted on the training features with its
+defaults (there, with no synthetic defects to choose on, ``n_levels='auto'``
+models the two coarsest levels; ``accuracy.md`` measures its choice) and
+with one default changed at a time: all three levels of the efficientnet_lite0 pyramid
 (``n_levels=None``), the features as they are (``neighborhood=1``), no
 whitening (``whiten=False``), and the paper's settings together
 (``whiten=False, neighborhood=1, n_levels=None, normalization='level',
@@ -24,7 +26,11 @@ aggregated. Last, ``n_levels`` in {2, None} is chosen from good images alone:
 fitted on 80% of the training images, scored on the other 20% as they are
 and with a pasted synthetic defect each
 (``skcflow.model_selection.synthetic_split``), beside each candidate's real
-test metrics after a fit on all training images. Writes
+test metrics after a fit on all training images. Then ``n_levels='auto'``
+as a pipeline fits it (synthetic defects pasted on up to 64 training images,
+scored beside the images themselves, with no held-out images), at
+``random_state`` 0 to 4, each a fit with its own draw of the defects: the
+levels it keeps and the real test metrics. Writes
 benchmarks/results/levels.md.
 
 Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
@@ -32,6 +38,7 @@ Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
 
 import math
 import sys
+import time
 
 import torch
 from _common import category_parser, data_missing, load_category, markdown_table, write_results
@@ -42,6 +49,9 @@ from skcflow.cflow import aggregate_likelihoods
 from skcflow.geometry import blur_matrix
 from skcflow.metrics import aupro, get_scorer, image_auroc, pixel_auroc
 from skcflow.model_selection import synthetic_split
+from skcflow.pipeline import synthetic_defects
+
+AUTO_SEEDS = range(5)
 
 VARIANTS = {
     "CFlowAD": {},
@@ -186,15 +196,38 @@ def selection(category, data, image_size, seed):
     return candidates
 
 
+def auto_choices(category, data, image_size):
+    """``n_levels='auto'``'s choice, fitted as a pipeline does, at several seeds."""
+    train, test, train_features, test_features, _ = data
+    extractor = FeatureExtractor(image_size=image_size).fit()
+    rows = []
+    for seed in AUTO_SEEDS:
+        model = CFlowAD(random_state=seed)
+        start = time.perf_counter()
+        model.fit(train_features, **synthetic_defects(model, extractor.transform, train.images, train_features))
+        fit_seconds = time.perf_counter() - start
+        maps = model.anomaly_map(test_features)
+        rows.append({
+            "category": category, "random_state": seed, "levels kept": len(model.levels_),
+            **{f"synthetic pixel AUROC, {k} levels": score for k, score in model.level_selection_},
+            "real image AUROC": image_auroc(test.target, -model.score_samples(test_features)),
+            "real pixel AUROC": pixel_auroc(test.masks, maps), "real AUPRO": aupro(test.masks, maps),
+            "fit s (defects included)": fit_seconds,
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None):
     args = category_parser(__doc__.splitlines()[0], "levels.md").parse_args(argv)
     if data_missing():
         return 0
-    rows, choices = [], []
+    rows, choices, autos = [], [], []
     for category in args.categories.split(","):
         data = load_category(category, args.image_size)
         rows += evaluate(category, data, args.seed)
         choices += selection(category, data, args.image_size, args.seed)
+        autos += auto_choices(category, data, args.image_size)
     description = __doc__.split("\n\n", 1)[1].split("Writes")[0].strip()
     write_results(args.out, "Accuracy per pyramid level, and after CFLOW-AD's aggregation", description, [
         "| category | density model | level | image AUROC | pixel AUROC | AUPRO |",
@@ -204,6 +237,10 @@ def main(argv=None):
         "## n_levels chosen from good images alone (synthetic defects)",
         "",
         *markdown_table(choices, list(choices[0])),
+        "",
+        "## n_levels='auto' in a pipeline, at five seeds",
+        "",
+        *markdown_table(autos, list(autos[0])),
     ])
     return 0
 

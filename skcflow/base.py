@@ -129,15 +129,21 @@ def normal_samples(features, y):
     ``y`` may be image labels (0 normal) or masks (normal when empty), so
     that model selection can pass folds that contain anomalies.
     """
+    return features if y is None else features[normal_rows(len(features), y)]
+
+
+def normal_rows(n, y):
+    """Indices of the normal samples among ``n`` labelled by ``y`` (see
+    :func:`normal_samples`); all of them when ``y`` is None."""
     if y is None:
-        return features
+        return np.arange(n)
     y = np.asarray(y)
-    if y.shape[0] != len(features):
-        raise ValueError(f"y has {y.shape[0]} entries but X has {len(features)} images.")
+    if y.shape[0] != n:
+        raise ValueError(f"y has {y.shape[0]} entries but X has {n} images.")
     normal = ~y.reshape(len(y), -1).astype(bool).any(axis=1)
     if not normal.any():
         raise ValueError("y marks every sample as anomalous; fit needs normal samples.")
-    return features[np.flatnonzero(normal)]
+    return np.flatnonzero(normal)
 
 
 class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
@@ -235,7 +241,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             self._fit_thresholds([features], start)
         return self
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, **fit_params):
         """Fit, then label the training images as ``offset_`` was set from them.
 
         Each training image is scored left out of its own statistics where
@@ -246,7 +252,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
         Parameters
         ----------
-        X, y
+        X, y, **fit_params
             As for :meth:`fit`.
 
         Returns
@@ -254,7 +260,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         labels : ndarray of shape (n_images,)
             +1 for normal, -1 for anomalous, in the order of ``X``.
         """
-        self.fit(X, y)
+        self.fit(X, y, **fit_params)
         training = np.where(-self.training_scores_ - self.offset_ >= 0, 1, -1)
         if y is None:
             return training

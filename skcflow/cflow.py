@@ -15,10 +15,11 @@ brackets):
   encoding;
 - ``neighborhood=3`` [1]: each feature vector is averaged with its
   neighbours first (PatchCore's local aggregation), so it describes a patch;
-- ``n_levels=2`` [every level]: only the two coarsest levels of the pyramid
-  get a decoder; the paper treats the number of pooling layers as a
-  hyperparameter, and the finest level adds more noise than signal on
-  textured surfaces;
+- ``n_levels="auto"`` [every level]: the paper treats the number of
+  pooling layers as a hyperparameter; the finest level sharpens objects'
+  maps and adds more noise than signal on textured surfaces, so in a
+  pipeline the levels kept are chosen on synthetic defects pasted on
+  training images (on features alone: the two coarsest);
 - ``n_coupling_layers=4`` [8], subnets ``D_k + 64`` wide [``2 * (D_k / 2 +
   128)``] and 250 steps at a learning rate of 5e-4 [the reference code
   trains for epochs at 2e-4]: the whitened flow has less to learn, and
@@ -48,11 +49,14 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from ._fitted import TensorSpec, integer, none, real, sequence
+from ._fitted import TensorSpec, integer, none, optional, real, sequence
 from ._progress import progress
-from .base import BaseDetector, _pieces, all_finite, second_pass, upsample
+from .base import BaseDetector, _pieces, all_finite, normal_rows, second_pass, upsample
+from .features import Features
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
 from .gaussian import PositionMoments, leave_one_out_whitened
+from .geometry import restore
+from .metrics import pixel_auroc
 from .sampling import MapSample, ReservoirSample
 from .threads import parallel_map
 
@@ -72,6 +76,11 @@ _WHITEN_WARN_BYTES = 2**30
 # Training steps per round of the early-stopping check: single steps' losses
 # are too noisy to compare.
 _ROUND = 10
+# n_levels="auto": the levels modelled when there are no synthetic defects
+# to choose on, and the most training images that get one for the choice
+# (with 32, magnetic tiles' choice flipped on one draw in five).
+_AUTO_FALLBACK_LEVELS = 2
+_SYNTHETIC_IMAGES = 64
 
 
 class CFlowAD(BaseDetector):
@@ -98,7 +107,7 @@ class CFlowAD(BaseDetector):
 
     Parameters
     ----------
-    n_levels : int or None, default=2
+    n_levels : "auto", int or None, default="auto"
         Model the ``n_levels`` coarsest levels of the feature pyramid (the
         paper's number of pooling layers, counted from the last); ``None``,
         or more levels than the features have, models them all. The best
@@ -108,8 +117,21 @@ class CFlowAD(BaseDetector):
         0.763 and lowers MVTec bottle's from 0.992 / 0.967 to 0.987 / 0.944
         (``benchmarks/results/levels.md``). No aggregation measured there
         keeps both: fine levels sharpen an object's maps and blur a
-        texture's. Choose it from good images alone with synthetic defects,
-        which picks the better value on both categories::
+        texture's. ``"auto"`` chooses from the good images alone. Fitted in
+        a pipeline on images in memory (:class:`~skcflow.pipeline.AnomalyPipeline`,
+        which passes ``synthetic_defects`` to :meth:`fit`), every level is
+        modelled, up to 64 training images get a synthetic defect each
+        (:func:`~skcflow.datasets.paste_defects`), and the model keeps the
+        coarsest ``k >= 2`` levels whose maps give the highest pixel AUROC on
+        those copies beside the images themselves (scored left out of the
+        whitening, as for the thresholds); the finer levels' decoders are
+        dropped. This keeps every level on bottle and two on magnetic tiles,
+        the better value on both (``levels.md``); its cost is the finest
+        level's decoder, trained beside the others, and the copies'
+        encoding. ``level_selection_`` holds the scores. Fitted on features
+        alone (with no images to paste defects on), on a stream of batches
+        or by :meth:`partial_fit`, ``"auto"`` models the two coarsest
+        levels. A choice on held-out images instead::
 
             X, y, cv = synthetic_split(good_images, random_state=0)
             search = GridSearchCV(make_pipeline(FeatureExtractor(), CFlowAD()),
@@ -277,6 +299,10 @@ class CFlowAD(BaseDetector):
     log_prob_mean_ : list of float
         Per level, the mean of those training log-likelihoods over the
         images and positions.
+    level_selection_ : list of [int, float] or None
+        With ``n_levels="auto"`` and synthetic defects: each candidate number
+        of levels and its pixel AUROC on the synthetic defects; None when no
+        choice was made.
     shrinkage_ : list of float
         Per level, the share of the level's average covariance in each
         position's whitening covariance (Ledoit-Wolf, estimated from the
@@ -309,7 +335,7 @@ class CFlowAD(BaseDetector):
 
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
-        "n_levels": [None, Interval(Integral, 1, None, closed="left")],
+        "n_levels": [None, StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "neighborhood": [Interval(Integral, 1, None, closed="left")],
         "max_dims": [None, Interval(Integral, 2, None, closed="left")],
         "whiten": ["boolean"],
@@ -334,7 +360,7 @@ class CFlowAD(BaseDetector):
 
     def __init__(
         self,
-        n_levels=2,
+        n_levels="auto",
         neighborhood=3,
         max_dims=128,
         whiten=True,
@@ -390,6 +416,70 @@ class CFlowAD(BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
+    def fit(self, X, y=None, synthetic_defects=None):
+        """Learn the normal appearance from features of defect-free images.
+
+        Parameters
+        ----------
+        X, y
+            As for :meth:`BaseDetector.fit <skcflow.base.BaseDetector.fit>`.
+        synthetic_defects : tuple, default=None
+            ``(rows, features, masks)`` for ``n_levels="auto"``: indices
+            into ``X`` of normal training images, the ``Features`` of their
+            copies with a synthetic defect each, and those defects' masks
+            ``(n, H, W)`` at the images' size. :class:`~skcflow.pipeline.AnomalyPipeline`
+            makes them (see ``n_levels``), as does
+            :func:`skcflow.pipeline.synthetic_defects`.
+
+        Returns
+        -------
+        self
+        """
+        source = getattr(self, "_synthetic_source", None)
+        if synthetic_defects is None and source is not None and isinstance(X, Features):
+            synthetic_defects = source(X).get("synthetic_defects")
+        if synthetic_defects is not None:
+            synthetic_defects = self._check_synthetic_defects(X, y, synthetic_defects)
+        self._cache_synthetic = synthetic_defects
+        try:
+            return super().fit(X, y)
+        finally:
+            del self._cache_synthetic
+
+    def _check_synthetic_defects(self, X, y, synthetic_defects):
+        """The synthetic defects with their rows among the normal samples fit keeps."""
+        if self.n_levels != "auto":
+            raise ValueError(f'synthetic_defects choose n_levels="auto"; n_levels is {self.n_levels!r}.')
+        if not isinstance(X, Features):
+            raise ValueError("synthetic_defects need the training Features in memory, not a stream.")
+        rows, features, masks = synthetic_defects
+        rows, masks = np.asarray(rows), np.asarray(masks)
+        if not isinstance(features, Features) or not len(rows) == len(features) == len(masks):
+            raise ValueError(f"synthetic_defects must be (rows, Features, masks) of one length; got "
+                             f"{len(rows)} rows, {len(features)} images and {len(masks)} masks.")
+        if masks.shape[1:] != features.input_size:
+            raise ValueError(f"synthetic_defects' masks are {masks.shape[1:]} but their images are "
+                             f"{features.input_size}.")
+        normal = normal_rows(len(X), y)
+        where = np.searchsorted(normal, rows)
+        if not np.array_equal(normal[np.minimum(where, len(normal) - 1)], rows):
+            raise ValueError("synthetic_defects' rows must be normal training images of X.")
+        return where, features, masks
+
+    def _wants_synthetic_defects(self):
+        return self.n_levels == "auto"
+
+    def _synthetic_defect_rows(self, features, y=None):
+        """For :class:`~skcflow.pipeline.AnomalyPipeline`: ``(rows, random_state)``
+        of the training images to paste synthetic defects on, or None when
+        ``n_levels`` leaves nothing to choose."""
+        if self.n_levels != "auto" or len(features.shapes) <= _AUTO_FALLBACK_LEVELS:
+            return None
+        normal = normal_rows(len(features), y)
+        rng = np.random.RandomState(self._seed())
+        rows = np.sort(rng.permutation(normal)[:_SYNTHETIC_IMAGES])
+        return rows, rng
+
     def _begin(self, features, in_memory):
         if self.condition_dim % 4:
             raise ValueError(f"condition_dim must be a multiple of 4; got {self.condition_dim}.")
@@ -410,6 +500,7 @@ class CFlowAD(BaseDetector):
         self.whitening_ = self._make_whitening()
         self._cache_maps = None
         self.n_iter_, self.loss_curve_, self.shrinkage_ = [], [], []
+        self.level_selection_ = None
         self._cache_moments = None
         if self.whiten:
             self._cache_moments = [PositionMoments(h * w, d, self.device_) for d, h, w in self._level_shapes()]
@@ -453,9 +544,15 @@ class CFlowAD(BaseDetector):
             budgets.append(n_steps)
         # The levels train at once, one worker each, each level from a
         # random stream of its own: the model does not depend on n_jobs.
+        # The costliest start first (a step's cost grows with the flow's
+        # parameters), so that cheap levels fill the other workers: on 2
+        # cores, bottle's three levels then train in the time of the widest
+        # (9.1 s) rather than after the two others (14.3 s in all).
         seed = self._seed()
-        curves = parallel_map(lambda level: self._train(level, budgets[level], first, seed),
-                              range(len(budgets)), self.n_jobs)
+        order = sorted(range(len(budgets)), key=lambda level: -budgets[level] * sum(
+            p.numel() for p in self.flows_[level].parameters()))
+        trained = parallel_map(lambda level: self._train(level, budgets[level], first, seed), order, self.n_jobs)
+        curves = [losses for _, losses in sorted(zip(order, trained))]
         for level, (flow, losses) in enumerate(zip(self.flows_, curves)):
             if first:
                 self.n_iter_.append(len(losses))
@@ -482,9 +579,15 @@ class CFlowAD(BaseDetector):
         self._cache_generator, self._cache_moments, self._cache_added = generator, None, 0
         self._cache_samples = [ReservoirSample(self.reservoir_size, generator) for _ in self.levels_]
 
+    def _selecting_levels(self):
+        return getattr(self, "_cache_synthetic", None) is not None
+
     def _modelled_levels(self):
         available = len(self.feature_shapes_)
-        return list(range(max(0, available - (self.n_levels or available)), available))
+        n_levels = self.n_levels
+        if n_levels == "auto":
+            n_levels = None if self._selecting_levels() else _AUTO_FALLBACK_LEVELS
+        return list(range(max(0, available - (n_levels or available)), available))
 
     def _full_shapes(self):
         return [self.feature_shapes_[k] for k in self.levels_]
@@ -661,6 +764,8 @@ class CFlowAD(BaseDetector):
             parallel_map(leave_one_out, [(offset, batch, piece) for piece in _pieces(0, len(batch), self.device_)],
                          self.n_jobs)
             offset += len(batch)
+        if self._selecting_levels():
+            log_probs = self._select_levels(log_probs)
         maxima = [log_prob.amax(0) for log_prob in log_probs]
         means = [log_prob.double().mean().item() for log_prob in log_probs]
         if start:
@@ -687,6 +792,44 @@ class CFlowAD(BaseDetector):
             outputs[first : first + len(maps), 1] = maps.flatten(1).amax(1).float().double().cpu().numpy()
         return outputs[:, 0], outputs[:, 1]
 
+    def _select_levels(self, log_probs):
+        """Keep the coarsest levels whose maps find the synthetic defects best
+        (``n_levels="auto"``); ``log_probs`` are every training image's
+        leave-one-out log-likelihoods per level, returned for the kept levels."""
+        rows, features, masks = self._cache_synthetic
+        if len(self.levels_) <= _AUTO_FALLBACK_LEVELS:
+            return log_probs
+        features = self._check_features(features)
+        with torch.inference_mode():
+            pasted = self._level_log_probs(features)
+        rows = torch.as_tensor(rows)
+        normalizers = [normalizer(lp.amax(0), lp.double().mean().item(), self.normalization) for lp in log_probs]
+        truth = np.concatenate([np.zeros_like(masks), masks])
+        scores = []
+        for k in range(_AUTO_FALLBACK_LEVELS, len(self.levels_) + 1):
+            kept = range(len(self.levels_) - k, len(self.levels_))
+
+            def maps(level_log_probs):
+                return aggregate_likelihoods([level_log_probs[i] for i in kept], [normalizers[i][0] for i in kept],
+                                             self.frame_size_, [normalizers[i][1] for i in kept])
+
+            with torch.inference_mode():
+                frames = torch.cat([maps([lp[rows] for lp in log_probs]), maps(pasted)]).float().numpy()
+            scores.append([k, pixel_auroc(truth, restore(frames, features.input_size, features.frame_size,
+                                                         features.keep_aspect))])
+        self.level_selection_ = scores
+        dropped = len(self.levels_) - chosen_levels(scores)
+        self.levels_, self.channels_ = self.levels_[dropped:], self.channels_[dropped:]
+        self.flows_ = nn.ModuleList(list(self.flows_)[dropped:])
+        if self.whitening_ is not None:
+            self.whitening_ = nn.ModuleList(list(self.whitening_)[dropped:])
+        self.shrinkage_, self.n_iter_ = self.shrinkage_[dropped:], self.n_iter_[dropped:]
+        self.loss_curve_, self._cache_samples = self.loss_curve_[dropped:], self._cache_samples[dropped:]
+        if self._cache_moments is not None:
+            self._cache_moments = self._cache_moments[dropped:]
+        self._cache_maps = None
+        return log_probs[dropped:]
+
     def _fitted_tensors(self):
         modules = [self.flows_] if self.whitening_ is None else [self.flows_, self.whitening_]
         return [t for module in modules for t in module.state_dict().values()]
@@ -697,6 +840,7 @@ class CFlowAD(BaseDetector):
             "levels_": sequence(integer()),
             "shrinkage_": sequence(real(0, 1)),
             "log_prob_mean_": sequence(real()),
+            "level_selection_": optional(sequence(sequence(real(), length=2))),
             "n_iter_": sequence(integer()),
             "loss_curve_": sequence(sequence(real())),
         }
@@ -714,8 +858,13 @@ class CFlowAD(BaseDetector):
                               for (full, _, _), (dim, _, _) in zip(self._full_shapes(), self._level_shapes())]}
 
     def _check_fitted(self):
-        n_levels = len(self.levels_)
-        if self.levels_ != self._modelled_levels():
+        n_levels, expected = len(self.levels_), self._modelled_levels()
+        if self.level_selection_ is not None:
+            if self.n_levels != "auto":
+                return f"level_selection_ is set but n_levels is {self.n_levels!r}, not 'auto'."
+            available = len(self.feature_shapes_)
+            expected = list(range(max(0, available - chosen_levels(self.level_selection_)), available))
+        if self.levels_ != expected:
             return f"levels_ {self.levels_} are not the levels n_levels={self.n_levels} models."
         if (len(self.shrinkage_) != (n_levels if self.whiten else 0) or len(self.n_iter_) != n_levels
                 or [len(c) for c in self.loss_curve_] != self.n_iter_ or len(self.log_prob_mean_) != n_levels):
@@ -726,6 +875,12 @@ class CFlowAD(BaseDetector):
                     and torch.equal(flow.perms.gather(1, flow.inverse_perms), order)):
                 return "a flow's permutations are not permutations and their inverses."
         return super()._check_fitted()
+
+
+def chosen_levels(scores):
+    """The number of levels ``n_levels="auto"`` keeps, of its ``[k, score]``
+    pairs: the best score; ties go to fewer levels, the cheaper model."""
+    return max(scores, key=lambda pair: (pair[1], -pair[0]))[0]
 
 
 def select_channels(fmap, channels):

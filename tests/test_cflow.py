@@ -385,3 +385,96 @@ def test_a_corrupt_model_raises_rather_than_returning_non_finite_maps(fitted, te
         corrupt.set_params(image_score="map")
     with pytest.raises(FloatingPointError, match="non-finite"):
         corrupt.score_samples(test_features[:2])
+
+
+def test_auto_levels_without_synthetic_defects_are_the_two_coarsest(fitted, train_features, test_features):
+    assert fitted.n_levels == "auto" and fitted.level_selection_ is None
+    assert fitted.levels_ == [len(train_features.shapes) - 2, len(train_features.shapes) - 1]
+    two = CFlowAD(**FAST, n_levels=2).fit(train_features)
+    np.testing.assert_array_equal(two.anomaly_map(test_features), fitted.anomaly_map(test_features))
+
+
+def test_auto_levels_are_chosen_on_synthetic_defects_in_a_pipeline(synthetic, tmp_path):
+    import skcflow
+    from skcflow.pipeline import synthetic_defects
+
+    def pipeline():
+        return make_pipeline(FeatureExtractor(image_size=64, device="cpu"), CFlowAD(**FAST))
+
+    pipe = pipeline().fit(synthetic.train.images)
+    model, n_available = pipe[-1], 3
+    candidates = [k for k, _ in model.level_selection_]
+    assert candidates == list(range(2, n_available + 1))
+    assert all(0.5 < score <= 1 for _, score in model.level_selection_)
+    best = max(model.level_selection_, key=lambda pair: pair[1])[0]
+    assert model.levels_ == list(range(n_available - best, n_available))
+    assert len(model.flows_) == len(model.log_prob_max_) == len(model.n_iter_) == best
+    # The same model from the features and the helper, outside a pipeline.
+    extractor = pipe[0]
+    features = extractor.transform(synthetic.train.images)
+    alone = CFlowAD(**FAST).fit(features, **synthetic_defects(CFlowAD(**FAST), extractor.transform,
+                                                               synthetic.train.images, features))
+    assert alone.level_selection_ == model.level_selection_
+    np.testing.assert_array_equal(alone.anomaly_map(extractor.transform(synthetic.test.images)),
+                                  pipe.anomaly_map(synthetic.test.images))
+    np.testing.assert_array_equal(pipeline().fit(synthetic.train.images).score_samples(synthetic.test.images),
+                                  pipe.score_samples(synthetic.test.images))
+    # With memory, the detector pastes its defects on the cached extractor's features.
+    cached = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), CFlowAD(**FAST),
+                           memory=str(tmp_path / "cache"))
+    for _ in range(2):
+        assert cached.fit(synthetic.train.images)[-1].level_selection_ == model.level_selection_
+    skcflow.save(pipe, tmp_path / "auto.skcflow")
+    loaded = skcflow.load(tmp_path / "auto.skcflow")
+    assert loaded[-1].level_selection_ == model.level_selection_
+    np.testing.assert_array_equal(loaded.anomaly_map(synthetic.test.images), pipe.anomaly_map(synthetic.test.images))
+
+
+def test_auto_levels_drop_the_finer_decoders_when_fewer_levels_win(synthetic, monkeypatch):
+    import skcflow.cflow
+
+    # Equal scores: the tie goes to the fewer levels.
+    monkeypatch.setattr(skcflow.cflow, "pixel_auroc", lambda masks, maps: 0.9)
+    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), CFlowAD(**FAST)).fit(synthetic.train.images)
+    model = pipe[-1]
+    assert model.level_selection_ == [[2, 0.9], [3, 0.9]] and model.levels_ == [1, 2]
+    assert len(model.flows_) == len(model.whitening_) == len(model.channels_) == len(model.shrinkage_) == 2
+    maps = pipe.anomaly_map(synthetic.test.images)
+    assert np.isfinite(maps).all() and maps.shape == (len(synthetic.test.images), 64, 64)
+    assert model._check_fitted() is None
+    # An update trains the kept levels on.
+    model.partial_fit(pipe[0].transform(synthetic.test.images[:4]))
+    assert model.levels_ == [1, 2] and all(n > FAST["max_iter"] for n in model.n_iter_)
+
+
+def test_synthetic_defects_are_checked(train_features, synthetic, extractor):
+    from skcflow.pipeline import synthetic_defects
+
+    images = synthetic.train.images
+    params = synthetic_defects(CFlowAD(**FAST), extractor.transform, images, train_features)
+    rows, features, masks = params["synthetic_defects"]
+    assert len(rows) == len(features) == len(masks) == len(images)
+    with pytest.raises(ValueError, match="n_levels is 2"):
+        CFlowAD(**FAST, n_levels=2).fit(train_features, **params)
+    assert synthetic_defects(CFlowAD(**FAST, n_levels=2), extractor.transform, images, train_features) == {}
+    with pytest.raises(ValueError, match="one length"):
+        CFlowAD(**FAST).fit(train_features, synthetic_defects=(rows[:3], features, masks))
+    with pytest.raises(ValueError, match="masks are"):
+        CFlowAD(**FAST).fit(train_features, synthetic_defects=(rows, features, masks[:, :32]))
+    y = np.zeros(len(images), dtype=int)
+    y[rows[0]] = 1
+    with pytest.raises(ValueError, match="must be normal"):
+        CFlowAD(**FAST).fit(train_features, y, synthetic_defects=(rows, features, masks))
+    with pytest.raises(ValueError, match="not a stream"):
+        CFlowAD(**FAST).fit([train_features], synthetic_defects=(rows, features, masks))
+
+
+def test_auto_levels_choose_every_level_on_bottle_and_two_on_magnetic_tiles():
+    # The choice n_levels="auto" makes on good images alone is the better
+    # one of the real test sets (benchmarks/results/levels.md).
+    chosen = {}
+    for category, folder, expected in (("bottle", "mvtec_ad", 3), ("magnetic_tile", "mtd", 2)):
+        train = load_mvtec(real_data(folder), category, split="train", image_size=256)
+        pipe = make_pipeline(FeatureExtractor(device="cpu"), CFlowAD(random_state=0)).fit(train.images)
+        chosen[category] = (len(pipe[-1].levels_), expected, pipe[-1].level_selection_)
+    assert all(n == expected for n, expected, _ in chosen.values()), chosen

@@ -65,7 +65,9 @@ def test_pipeline_memory_extracts_features_once_per_setting(bottle_subset, tmp_p
         return original(self, X)
 
     monkeypatch.setattr(FeatureExtractor, "transform", counting)
-    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), CFlowAD(**SMALL),
+    # n_levels=2: no synthetic defects to encode at each fit (with them,
+    # see test_cflow's memory test).
+    pipe = make_pipeline(FeatureExtractor(image_size=64, device="cpu"), CFlowAD(**SMALL, n_levels=2),
                          memory=str(tmp_path))
     GridSearchCV(pipe, {"cflowad__n_coupling_layers": [2, 4, 6]},
                  scoring=SCORING["image_auroc"], cv=cv, refit=False).fit(X, y)
