@@ -37,6 +37,7 @@ __all__ = ["FORMAT_VERSION", "ModelFileError", "atomic_write", "check_destinatio
 FORMAT = "skcflow-model"
 # 4: safetensors with a SHA-256 digest, provenance and checked state.
 # 5: CFlowAD's calibrated levels (log_prob_mean_) and image scores.
+# 6: CFlowAD's n_levels='auto' and its choice (level_selection_).
 FORMAT_VERSION = 6
 
 
