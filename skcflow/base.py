@@ -241,7 +241,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             self._fit_thresholds([features], start)
         return self
 
-    def fit_predict(self, X, y=None, **fit_params):
+    def fit_predict(self, X, y=None):
         """Fit, then label the training images as ``offset_`` was set from them.
 
         Each training image is scored left out of its own statistics where
@@ -252,7 +252,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
         Parameters
         ----------
-        X, y, **fit_params
+        X, y
             As for :meth:`fit`.
 
         Returns
@@ -260,7 +260,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         labels : ndarray of shape (n_images,)
             +1 for normal, -1 for anomalous, in the order of ``X``.
         """
-        self.fit(X, y, **fit_params)
+        self.fit(X, y)
         training = np.where(-self.training_scores_ - self.offset_ >= 0, 1, -1)
         if y is None:
             return training

@@ -466,9 +466,6 @@ class CFlowAD(BaseDetector):
             raise ValueError("synthetic_defects' rows must be normal training images of X.")
         return where, features, masks
 
-    def _wants_synthetic_defects(self):
-        return self.n_levels == "auto"
-
     def _synthetic_defect_rows(self, features, y=None):
         """For :class:`~skcflow.pipeline.AnomalyPipeline`: ``(rows, random_state)``
         of the training images to paste synthetic defects on, or None when
@@ -764,10 +761,11 @@ class CFlowAD(BaseDetector):
             parallel_map(leave_one_out, [(offset, batch, piece) for piece in _pieces(0, len(batch), self.device_)],
                          self.n_jobs)
             offset += len(batch)
-        if self._selecting_levels():
-            log_probs = self._select_levels(log_probs)
         maxima = [log_prob.amax(0) for log_prob in log_probs]
         means = [log_prob.double().mean().item() for log_prob in log_probs]
+        if self._selecting_levels():
+            dropped = self._select_levels(log_probs, maxima, means)
+            log_probs, maxima, means = log_probs[dropped:], maxima[dropped:], means[dropped:]
         if start:
             maxima = [torch.maximum(old, new) for old, new in zip(self.log_prob_max_, maxima)]
             means = [(old * start + new * (n - start)) / n for old, new in zip(self.log_prob_mean_, means)]
@@ -792,18 +790,19 @@ class CFlowAD(BaseDetector):
             outputs[first : first + len(maps), 1] = maps.flatten(1).amax(1).float().double().cpu().numpy()
         return outputs[:, 0], outputs[:, 1]
 
-    def _select_levels(self, log_probs):
+    def _select_levels(self, log_probs, maxima, means):
         """Keep the coarsest levels whose maps find the synthetic defects best
         (``n_levels="auto"``); ``log_probs`` are every training image's
-        leave-one-out log-likelihoods per level, returned for the kept levels."""
+        leave-one-out log-likelihoods per level, ``maxima`` and ``means``
+        their normalising statistics. Returns how many finer levels it drops."""
         rows, features, masks = self._cache_synthetic
         if len(self.levels_) <= _AUTO_FALLBACK_LEVELS:
-            return log_probs
+            return 0
         features = self._check_features(features)
         with torch.inference_mode():
             pasted = self._level_log_probs(features)
         rows = torch.as_tensor(rows)
-        normalizers = [normalizer(lp.amax(0), lp.double().mean().item(), self.normalization) for lp in log_probs]
+        normalizers = [normalizer(maximum, mean, self.normalization) for maximum, mean in zip(maxima, means)]
         # Every other pixel of each row and column: the maps are bilinear
         # from levels of at most a quarter of the input's size, and the AUROC
         # of a quarter of the pixels costs a quarter as much.
@@ -831,7 +830,7 @@ class CFlowAD(BaseDetector):
         if self._cache_moments is not None:
             self._cache_moments = self._cache_moments[dropped:]
         self._cache_maps = None
-        return log_probs[dropped:]
+        return dropped
 
     def _fitted_tensors(self):
         modules = [self.flows_] if self.whitening_ is None else [self.flows_, self.whitening_]

@@ -86,8 +86,7 @@ class AnomalyPipeline(Pipeline):
         from .streaming import is_stream
 
         detector = self._final_estimator
-        wants = getattr(detector, "_wants_synthetic_defects", None)
-        if wants is None or not wants() or len(self) < 2 or is_stream(X) \
+        if not hasattr(detector, "_synthetic_defect_rows") or len(self) < 2 or is_stream(X) \
                 or not isinstance(self.steps[0][1], FeatureExtractor):
             yield
             return
@@ -185,8 +184,8 @@ def synthetic_defects(detector, transform, images, features, y=None):
     from ._images import check_images
     from .datasets import paste_defects
 
-    wants = getattr(detector, "_wants_synthetic_defects", None)
-    plan = detector._synthetic_defect_rows(features, y) if wants is not None and wants() else None
+    rows_of = getattr(detector, "_synthetic_defect_rows", None)
+    plan = None if rows_of is None else rows_of(features, y)
     if plan is None:
         return {}
     rows, random_state = plan
