@@ -526,13 +526,8 @@ class CFlowAD(BaseDetector):
                 shrinkage = moments.shrinkage()
                 self.shrinkage_[level:level + 1] = [shrinkage]
                 self.whitening_[level].initialize(moments, _WHITEN_REG, shrinkage)
-            sample = self._cache_samples[level]
-            if isinstance(sample, MapSample):
-                sample.prepare(lambda fibers, level=level: self._whiten(level, fibers), self.rotation)
-            else:
-                sample.prepare(self._whiten_at(level), self.rotation)
             if first:
-                n_steps = self._n_steps(sample.seen)
+                n_steps = self._n_steps(self._cache_samples[level].seen)
             else:
                 # An update trains on for a share of the budget as large as
                 # the new images' share of all the training images.
@@ -548,7 +543,19 @@ class CFlowAD(BaseDetector):
         seed = self._seed()
         order = sorted(range(len(budgets)), key=lambda level: -budgets[level] * sum(
             p.numel() for p in self.flows_[level].parameters()))
-        trained = parallel_map(lambda level: self._train(level, budgets[level], first, seed), order, self.n_jobs)
+
+        def prepare_and_train(level):
+            # Whitening a level's sample is the level's own work: in its
+            # worker, beside the other levels' training (4 s of 15 on
+            # magnetic tiles' 761 images, when it came first, on one core).
+            sample = self._cache_samples[level]
+            if isinstance(sample, MapSample):
+                sample.prepare(lambda fibers: self._whiten_set(level, fibers), self.rotation)
+            else:
+                sample.prepare(self._whiten_at(level), self.rotation)
+            return self._train(level, budgets[level], first, seed)
+
+        trained = parallel_map(prepare_and_train, order, self.n_jobs)
         curves = [losses for _, losses in sorted(zip(order, trained))]
         for level, (flow, losses) in enumerate(zip(self.flows_, curves)):
             if first:
@@ -627,11 +634,11 @@ class CFlowAD(BaseDetector):
             modules["whitening_"] = self._make_whitening()
         return modules
 
-    def _whiten(self, level, fibers):
-        """Whitened ``N x H x W x D`` fibers (unchanged without whitening)."""
+    def _whiten_set(self, level, fibers):
+        """Whitened ``N x H x W x D`` training fibers (unchanged without whitening)."""
         if self.whitening_ is None:
             return fibers
-        return self.whitening_[level](fibers.flatten(1, 2)).view(fibers.shape)
+        return self.whitening_[level].whiten_set(fibers.flatten(1, 2)).view(fibers.shape)
 
     def _whiten_at(self, level):
         """Whitening of vectors ``(K, D)`` at given flat positions (identity without)."""
@@ -745,27 +752,20 @@ class CFlowAD(BaseDetector):
         # floats per position): the per-position maxima over all of them
         # normalise every map, the training maps included.
         n = self.n_train_samples_
+        # n_levels="auto" chooses first, on the images with a synthetic
+        # defect alone, so that the finer levels it drops cost no pass over
+        # every training image (5 s of magnetic tiles' 27 s fit).
+        known = self._select_levels(batches[0]) if self._selecting_levels() else {}
         # Written in place as each image is done rather than gathered and
         # concatenated: one copy, and no small results left in the workers'
         # memory pools (see skcflow.streaming._give_back_freed_memory).
         log_probs = [torch.empty(n - start, h, w, device=self.device_) for _, h, w in self._level_shapes()]
-
-        def leave_one_out(offset_and_piece):
-            offset, batch, piece = offset_and_piece
-            with torch.inference_mode():
-                for out, log_prob in zip(log_probs, self._level_log_probs(batch[piece.start : piece.stop], n)):
-                    out[offset + piece.start : offset + piece.stop] = log_prob
-
         offset = 0
         for batch in second_pass(batches, n - start):
-            parallel_map(leave_one_out, [(offset, batch, piece) for piece in _pieces(0, len(batch), self.device_)],
-                         self.n_jobs)
+            self._write_leave_one_out(batch, log_probs, offset, known)
             offset += len(batch)
         maxima = [log_prob.amax(0) for log_prob in log_probs]
         means = [log_prob.double().mean().item() for log_prob in log_probs]
-        if self._selecting_levels():
-            dropped = self._select_levels(log_probs, maxima, means)
-            log_probs, maxima, means = log_probs[dropped:], maxima[dropped:], means[dropped:]
         if start:
             maxima = [torch.maximum(old, new) for old, new in zip(self.log_prob_max_, maxima)]
             means = [(old * start + new * (n - start)) / n for old, new in zip(self.log_prob_mean_, means)]
@@ -790,19 +790,43 @@ class CFlowAD(BaseDetector):
             outputs[first : first + len(maps), 1] = maps.flatten(1).amax(1).float().double().cpu().numpy()
         return outputs[:, 0], outputs[:, 1]
 
-    def _select_levels(self, log_probs, maxima, means):
+    def _write_leave_one_out(self, batch, out, offset, known=None):
+        """Write the leave-one-out log-likelihoods of the training images
+        ``batch``, the ``offset``-th on, into ``out`` (per level ``(N, H_k,
+        W_k)``); ``known`` holds those of some images already, by index."""
+        known = known or {}
+
+        def write(piece):
+            first = offset + piece.start
+            if len(piece) == 1 and first in known:
+                values = known[first]
+            else:
+                with torch.inference_mode():
+                    values = self._level_log_probs(batch[piece.start : piece.stop], self.n_train_samples_)
+            for level_out, value in zip(out, values):
+                level_out[first : first + len(piece)] = value
+
+        parallel_map(write, _pieces(0, len(batch), self.device_), self.n_jobs)
+
+    def _select_levels(self, training):
         """Keep the coarsest levels whose maps find the synthetic defects best
-        (``n_levels="auto"``); ``log_probs`` are every training image's
-        leave-one-out log-likelihoods per level, ``maxima`` and ``means``
-        their normalising statistics. Returns how many finer levels it drops."""
+        (``n_levels="auto"``), judged on the images of ``training`` (the
+        training features) that got a defect, as they are and with it.
+        Returns those images' leave-one-out log-likelihoods at the kept
+        levels, by their index among the training images."""
         rows, features, masks = self._cache_synthetic
         if len(self.levels_) <= _AUTO_FALLBACK_LEVELS:
-            return 0
+            return {}
+        rows = np.asarray(rows)
+        clean = [torch.empty(len(rows), h, w, device=self.device_) for _, h, w in self._level_shapes()]
+        self._write_leave_one_out(training[rows], clean, 0)
         features = self._check_features(features)
         with torch.inference_mode():
             pasted = self._level_log_probs(features)
-        rows = torch.as_tensor(rows)
-        normalizers = [normalizer(maximum, mean, self.normalization) for maximum, mean in zip(maxima, means)]
+        # Every level normalised by these images' statistics alone, as the
+        # model normalises it by all training images': like for like, and
+        # no level needs every image scored to be judged.
+        normalizers = [normalizer(lp.amax(0), lp.double().mean().item(), self.normalization) for lp in clean]
         # Every other pixel of each row and column: the maps are bilinear
         # from levels of at most a quarter of the input's size, and the AUROC
         # of a quarter of the pixels costs a quarter as much.
@@ -816,7 +840,7 @@ class CFlowAD(BaseDetector):
                                              self.frame_size_, [normalizers[i][1] for i in kept])
 
             with torch.inference_mode():
-                frames = torch.cat([maps([lp[rows] for lp in log_probs]), maps(pasted)]).float().numpy()
+                frames = torch.cat([maps(clean), maps(pasted)]).float().numpy()
             restored = restore(frames, features.input_size, features.frame_size, features.keep_aspect)
             scores.append([k, pixel_auroc(truth, restored[:, ::2, ::2])])
         self.level_selection_ = scores
@@ -830,7 +854,7 @@ class CFlowAD(BaseDetector):
         if self._cache_moments is not None:
             self._cache_moments = self._cache_moments[dropped:]
         self._cache_maps = None
-        return dropped
+        return {row: [lp[j] for lp in clean[dropped:]] for j, row in enumerate(rows.tolist())}
 
     def _fitted_tensors(self):
         modules = [self.flows_] if self.whitening_ is None else [self.flows_, self.whitening_]

@@ -140,6 +140,19 @@ class PositionWhitening(nn.Module):
             out[rows] = torch.bmm(padded, self.whitener[first:last].transpose(1, 2))[where]
         return out
 
+    def whiten_set(self, x):
+        """Whiten ``(N, P, dim)`` vectors as one set: one product per
+        position over all ``N`` images.
+
+        The same map as :meth:`forward` up to rounding, and on a CPU 2 to 3
+        times faster on a level's training maps (a matrix product per
+        position rather than a vector product per image and position); but
+        an image's rounding then depends on the other images, so this is
+        for training samples, never for an image's map.
+        """
+        by_position = torch.bmm((x - self.mean).transpose(0, 1), self.whitener.transpose(1, 2))
+        return by_position.transpose(0, 1).contiguous()
+
     def log_det(self):
         """``log |det du/dx|`` per position, ``(P,)``."""
         return self.whitener.diagonal(dim1=-2, dim2=-1).log().sum(-1)

@@ -415,6 +415,11 @@ def test_auto_levels_are_chosen_on_synthetic_defects_in_a_pipeline(synthetic, tm
     alone = CFlowAD(**FAST).fit(features, **synthetic_defects(CFlowAD(**FAST), extractor.transform,
                                                                synthetic.train.images, features))
     assert alone.level_selection_ == model.level_selection_
+    # The selection's leave-one-out maps of its images are reused for the
+    # thresholds: exactly those of a pass over every training image.
+    scores, maxima = alone._training_outputs([features], 0)
+    np.testing.assert_array_equal(scores, alone.training_scores_)
+    np.testing.assert_array_equal(maxima, alone.training_map_maxima_)
     np.testing.assert_array_equal(alone.anomaly_map(extractor.transform(synthetic.test.images)),
                                   pipe.anomaly_map(synthetic.test.images))
     np.testing.assert_array_equal(pipeline().fit(synthetic.train.images).score_samples(synthetic.test.images),

@@ -147,3 +147,7 @@ def test_whitening_multiplies_wide_vectors_as_columns_with_the_same_result(dim):
     got = whitening(x)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
     assert torch.equal(whitening(x[2:3]), got[2:3])
+    # A training sample's whitening, all images at once, is the same map.
+    together = whitening.whiten_set(x)
+    assert together.shape == x.shape and together.is_contiguous()
+    torch.testing.assert_close(together.double(), expected, rtol=1e-5, atol=1e-4)
