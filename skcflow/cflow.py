@@ -820,7 +820,6 @@ class CFlowAD(BaseDetector):
         rows, features, masks = self._cache_synthetic
         if len(self.levels_) <= _AUTO_FALLBACK_LEVELS:
             return {}
-        rows = np.asarray(rows)
         clean = [torch.empty(len(rows), h, w, device=self.device_) for _, h, w in self._level_shapes()]
         self._write_leave_one_out(training[rows], clean, 0)
         features = self._check_features(features)
