@@ -30,12 +30,15 @@ test metrics after a fit on all training images. Then ``n_levels='auto'``
 as a pipeline fits it (synthetic defects pasted on up to 64 training images,
 scored beside the images themselves, with no held-out images), at
 ``random_state`` 0 to 4, each a fit with its own draw of the defects: the
-levels it keeps and the real test metrics. Writes
+levels it keeps and the real test metrics, with each training precision
+(``training_dtype``: the default's choice on this CPU, and float32 where
+that is not float32), fitted one after the other. Writes
 benchmarks/results/levels.md.
 
 Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
 """
 
+import itertools
 import math
 import sys
 import time
@@ -44,6 +47,7 @@ import torch
 from _common import category_parser, data_missing, load_category, markdown_table, write_results
 
 from skcflow import CFlowAD, FeatureExtractor, Features, PaDiM
+from skcflow._device import resolve_training_dtype
 from skcflow.base import _along_axes, upsample
 from skcflow.cflow import aggregate_likelihoods
 from skcflow.geometry import blur_matrix
@@ -200,15 +204,18 @@ def auto_choices(category, data, image_size):
     """``n_levels='auto'``'s choice, fitted as a pipeline does, at several seeds."""
     train, test, train_features, test_features, _ = data
     extractor = FeatureExtractor(image_size=image_size).fit()
+    default = resolve_training_dtype("auto", torch.device("cpu"))
     rows = []
-    for seed in AUTO_SEEDS:
-        model = CFlowAD(random_state=seed)
+    for seed, training in itertools.product(AUTO_SEEDS, dict.fromkeys([default, "float32"])):
+        model = CFlowAD(random_state=seed, training_dtype=training)
         start = time.perf_counter()
         model.fit(train_features, **synthetic_defects(model, extractor.transform, train.images, train_features))
         fit_seconds = time.perf_counter() - start
         maps = model.anomaly_map(test_features)
         rows.append({
-            "category": category, "random_state": seed, "levels kept": len(model.levels_),
+            "category": category, "random_state": seed,
+            "training_dtype": training + (" (default)" if training == default else ""),
+            "levels kept": len(model.levels_),
             **{f"synthetic pixel AUROC, {k} levels": score for k, score in model.level_selection_},
             "real image AUROC": image_auroc(test.target, -model.score_samples(test_features)),
             "real pixel AUROC": pixel_auroc(test.masks, maps), "real AUPRO": aupro(test.masks, maps),
@@ -238,7 +245,7 @@ def main(argv=None):
         "",
         *markdown_table(choices, list(choices[0])),
         "",
-        "## n_levels='auto' in a pipeline, at five seeds",
+        "## n_levels='auto' in a pipeline, at five seeds and each training precision",
         "",
         *markdown_table(autos, list(autos[0])),
     ])

@@ -10,6 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skcflow import CFlowAD, FeatureExtractor, load_mvtec, make_pipeline
+from skcflow._device import resolve_training_dtype
 from skcflow.metrics import image_auroc
 
 from conftest import loo_maps, real_data
@@ -326,12 +327,39 @@ def test_half_precision_inference_changes_maps_by_rounding_only(fitted, train_fe
                                                                 test_features, dtype):
     half = CFlowAD(**FAST, inference_dtype=dtype).fit(train_features)
     for a, b in zip(half.flows_.state_dict().values(), fitted.flows_.state_dict().values()):
-        assert torch.equal(a, b)  # training stays in float32
+        assert torch.equal(a, b)  # inference_dtype leaves training as it is
     expected = fitted.anomaly_map(test_features)
     maps = half.anomaly_map(test_features)
     assert maps.dtype == np.float32 and np.isfinite(maps).all()
     assert not np.array_equal(maps, expected)
     np.testing.assert_allclose(maps, expected, rtol=0, atol=0.01 * np.ptp(expected))
+
+
+@pytest.mark.parametrize("capabilities, expected", [
+    ({"avx512_bf16": True, "amx_bf16": False}, "bfloat16"),
+    ({"avx512_bf16": False, "amx_bf16": True}, "bfloat16"),
+    ({"avx512_bf16": False, "amx_bf16": False}, "float32"),
+])
+def test_training_dtype_auto_is_bfloat16_where_the_cpu_computes_it(train_features, monkeypatch,
+                                                                   capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert CFlowAD(**{**FAST, "max_iter": 2}).fit(train_features).training_dtype_ == expected
+    assert resolve_training_dtype("auto", torch.device("cuda")) == "float32"
+    assert resolve_training_dtype("float32", torch.device("cpu")) == "float32"
+
+
+def test_bfloat16_training_changes_the_model_less_than_another_seed(train_features, test_features):
+    def fit(**params):
+        return CFlowAD(**{**FAST, "max_iter": 60, **params}).fit(train_features)
+
+    exact, half = fit(training_dtype="float32"), fit(training_dtype="bfloat16")
+    assert (exact.training_dtype_, half.training_dtype_) == ("float32", "bfloat16")
+    assert all(p.dtype == torch.float32 for p in half.flows_.parameters())
+    maps, half_maps = exact.anomaly_map(test_features), half.anomaly_map(test_features)
+    assert not np.array_equal(half_maps, maps) and np.isfinite(half_maps).all()
+    np.testing.assert_array_equal(fit(training_dtype="bfloat16").anomaly_map(test_features), half_maps)
+    other_seed = fit(training_dtype="float32", random_state=1).anomaly_map(test_features)
+    assert np.abs(half_maps - maps).mean() < np.abs(other_seed - maps).mean()
 
 
 def test_large_whitening_warns(train_features, monkeypatch):

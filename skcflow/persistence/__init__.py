@@ -38,7 +38,8 @@ FORMAT = "skcflow-model"
 # 4: safetensors with a SHA-256 digest, provenance and checked state.
 # 5: CFlowAD's calibrated levels (log_prob_mean_) and image scores.
 # 6: CFlowAD's n_levels='auto' and its choice (level_selection_).
-FORMAT_VERSION = 6
+# 7: CFlowAD's training precision (training_dtype, training_dtype_).
+FORMAT_VERSION = 7
 
 
 def provenance(model):
