@@ -70,11 +70,11 @@ def resolve_training_dtype(dtype, device):
     """Turn CFlowAD's ``training_dtype`` parameter into a dtype name for ``device``.
 
     ``"auto"`` is bfloat16 on CPUs whose matrix units compute it natively
-    (AVX512-BF16 or AMX-BF16), where it makes a flow's training step about
-    1.5 times as fast without moving the fitted model's accuracy
-    (``benchmarks/results/levels.md``), and float32 elsewhere: on CPUs
-    without it bfloat16 is emulated and slower, and on CUDA, where training
-    is fast in float32, its effect has not been measured.
+    (AVX512-BF16 or AMX-BF16), where it shortens CFlowAD's fit without
+    moving the fitted model's accuracy
+    (``benchmarks/results/levels.md``), and float32 elsewhere, where it
+    has not been measured to help: CPUs without native bfloat16 convert
+    every product, and on CUDA training is fast in float32.
     """
     if dtype != "auto":
         return dtype
