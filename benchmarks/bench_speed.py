@@ -171,7 +171,7 @@ def precision_rows(args, train, test):
                   for dtype in ("float32", "bfloat16")}
     model = CFlowAD(max_iter=20, random_state=0, device="cpu", n_jobs=args.threads)
     model.fit(extractors["float32"].transform(train))
-    # One fitted model scored at two precisions (no refit: the flows train in float32).
+    # One fitted model scored at two precisions (no refit: inference_dtype leaves training as it is).
     decoders = {dtype: copy.copy(model).set_params(inference_dtype=dtype) for dtype in extractors}
     configs = [(f"encoder only, {e}", extractors[e], None) for e in extractors]
     configs += [(f"CFlowAD, encoder {e}, decoders {d}", extractors[e], decoders[d])

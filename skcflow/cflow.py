@@ -921,6 +921,8 @@ class CFlowAD(BaseDetector):
             expected = list(range(max(0, available - chosen_levels(self.level_selection_)), available))
         if self.levels_ != expected:
             return f"levels_ {self.levels_} are not the levels n_levels={self.n_levels} models."
+        if self.training_dtype not in ("auto", self.training_dtype_):
+            return f"training_dtype_ {self.training_dtype_!r} is not training_dtype={self.training_dtype!r}."
         if (len(self.shrinkage_) != (n_levels if self.whiten else 0) or len(self.n_iter_) != n_levels
                 or [len(c) for c in self.loss_curve_] != self.n_iter_ or len(self.log_prob_mean_) != n_levels):
             return "shrinkage_, n_iter_, loss_curve_ and log_prob_mean_ do not match the modelled levels."

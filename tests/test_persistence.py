@@ -272,6 +272,13 @@ def test_cflow_flows_are_checked(train_features, tmp_path):
         load(_rewrite(tmp_path / "cflow.skcflow", edit_tensors=scramble))
     with pytest.raises(ValueError, match="levels_"):
         load(_rewrite(tmp_path / "cflow.skcflow", edit_header=lambda h: h["model"]["params"].update(n_levels=1)))
+    other = "float32" if model.training_dtype_ == "bfloat16" else "bfloat16"
+    with pytest.raises(ValueError, match="training_dtype_"):
+        load(_rewrite(tmp_path / "cflow.skcflow",
+                      edit_header=lambda h: h["model"]["params"].update(training_dtype=other)))
+    with pytest.raises(ValueError, match="training_dtype_ must be one of"):
+        load(_rewrite(tmp_path / "cflow.skcflow",
+                      edit_header=lambda h: h["model"]["fitted"].update(training_dtype_="float16")))
 
 
 def test_unsaveable_parameters_are_named(train_features, tmp_path):
