@@ -48,8 +48,8 @@ def resolve_dtype(dtype, device):
     it, else float16) and float32 on CPUs. On a CPU, float32 keeps what the
     package promises exactly: ONNX exports that compute what skcflow
     computes, and the full precision of 10 to 16-bit images (bfloat16 keeps
-    8 significant bits); bfloat16 is an option, 1.3 (batch 32) to 1.5 (batch 1)
-    times as fast for efficientnet_lite0 on a CPU with AVX512-BF16
+    8 significant bits); bfloat16 is an option, 1.24 (batch 1) to 1.34 (batch 32)
+    times as fast for efficientnet_lite0 on an Intel Xeon with AMX
     (``benchmarks/results/speed.md``).
     """
     if dtype != "auto":
