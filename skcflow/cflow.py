@@ -41,7 +41,6 @@ brackets):
   ``training_dtype``).
 """
 
-import contextlib
 import math
 import warnings
 from numbers import Integral, Real
@@ -1067,9 +1066,7 @@ class CFlowMaps(nn.Module):
         flow = self.flows[i]
         exporting = torch.compiler.is_exporting()
         chunks = [x] if exporting else x.split(self.chunk_images[i])
-        autocast = contextlib.nullcontext() if self.inference_dtype == "float32" else torch.autocast(
-            x.device.type, dtype=getattr(torch, self.inference_dtype))
-        with autocast:
+        with autocast(self.inference_dtype, x.device):
             log_prob = torch.cat([
                 flow.log_prob(chunk.reshape(-1, dim), self._level_biases(i, chunk.shape[0]))
                 for chunk in chunks
