@@ -177,6 +177,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         tags.non_deterministic = _on_gpu(self.device)
         return tags
 
+    @single_threaded()
     def fit(self, X, y=None):
         """Learn the normal appearance from features of defect-free images.
 
@@ -206,11 +207,11 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             if y is not None:
                 raise ValueError("y is taken with Features only, not with a stream of batches.")
             batches = _reiterable(X)
-        with single_threaded():
-            self._learn(batches, first=True, in_memory=isinstance(X, Features))
-            self._fit_thresholds(batches)
+        self._learn(batches, first=True, in_memory=isinstance(X, Features))
+        self._fit_thresholds(batches)
         return self
 
+    @single_threaded()
     def partial_fit(self, X, y=None):
         """Learn from more normal images: the first call fits, later ones update.
 
@@ -236,9 +237,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         start = 0 if first else self.n_train_samples_
         if not first:
             self._resume()
-        with single_threaded():
-            self._learn([features], first=first, in_memory=False)
-            self._fit_thresholds([features], start)
+        self._learn([features], first=first, in_memory=False)
+        self._fit_thresholds([features], start)
         return self
 
     def fit_predict(self, X, y=None):
@@ -525,6 +525,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """Image scores ``compute(batch, rows)``, batch by batch, as float64."""
         return np.concatenate([s.double().numpy() for s in self._iter_batches(features, compute)])
 
+    @single_threaded()
     def anomaly_map(self, X):
         """Per-pixel anomaly maps, higher where more anomalous.
 
@@ -545,9 +546,9 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         check_is_fitted(self)
         X = self._check_features(X)
         maps = torch.cat(list(self._iter_maps(X))).numpy()
-        with single_threaded():
-            return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
+        return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
 
+    @single_threaded()
     def score_samples(self, X):
         """Opposite of the image anomaly score (by default the map's maximum).
 

@@ -28,7 +28,7 @@ from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
 from .geometry import frame_shape, placement
 from .readers import is_paths
-from .threads import parallel_map
+from .threads import parallel_map, single_threaded
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TensorFlow's
 # mean 127 / std 128), not on torchvision's ImageNet statistics.
@@ -553,6 +553,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             X = load_images(X, image_size=self._check_frame(), keep_aspect=self.keep_aspect).images
         return check_images(X)
 
+    @single_threaded()
     def transform(self, X):
         """Encode images.
 

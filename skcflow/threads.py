@@ -4,7 +4,14 @@ Every estimator takes ``n_jobs`` (scikit-learn's name for it). skcflow's
 work splits into independent pieces (images to encode or score, pyramid
 levels to train), and :func:`parallel_map` runs them on ``n_jobs`` worker
 threads while torch's intra-op pool and the BLAS pools of numpy and scipy
-are held at one thread.
+are held at one thread. So is the calling thread's own work, for the whole
+of each public method (:func:`single_threaded` as a decorator): gathering
+the workers' results, checking and resizing them would otherwise run on
+torch's threads, and on a busy machine those few operators stalled a call
+as long as all of its images took (2 busy processes on 2 cores: scoring
+one image at a time at 0.31 of its idle speed, against 0.56 with the
+calling thread on one thread; ``benchmarks/results/speed.md``). The
+caller's own settings are back when the method returns.
 
 Why not torch's own threads: its OpenMP workers split every operator and
 wait for each other at its end. Where other processes hold the cores (an
@@ -74,7 +81,8 @@ def _blas_pools():
 
 @contextmanager
 def single_threaded():
-    """Hold torch's intra-op pool and the BLAS pools at one thread for the block."""
+    """Hold torch's intra-op pool and the BLAS pools at one thread for the
+    block (or, as ``@single_threaded()``, the decorated function's call)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -78,3 +78,34 @@ def test_levels_train_at_once_from_streams_of_their_own(train_features):
     two = CFlowAD(max_iter=10, device="cpu", random_state=0, n_jobs=2).fit(train_features)
     for a, b in zip(one.flows_.state_dict().values(), two.flows_.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_calling_threads_own_work_runs_on_one_thread(synthetic, monkeypatch):
+    # What a call computes outside its workers (gathering their results,
+    # checks, resizing) would otherwise run on torch's own threads, which
+    # stall on a busy machine; the caller's setting comes back afterwards.
+    import skcflow.base as base
+    import skcflow.features as features
+
+    seen = {}
+
+    def recording(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen.setdefault(name, set()).add(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    recording(features, "progress")
+    recording(base, "all_finite")
+    recording(base, "restore")
+    torch.set_num_threads(2)
+    extractor = FeatureExtractor(image_size=64, device="cpu", n_jobs=2).fit()
+    train = extractor.transform(synthetic.train.images)
+    model = CFlowAD(max_iter=5, device="cpu", random_state=0, n_jobs=2).fit(train)
+    model.score_samples(train[:3])
+    model.anomaly_map(train[:3])
+    assert seen == {"progress": {1}, "all_finite": {1}, "restore": {1}}
+    assert torch.get_num_threads() == 2
