@@ -1,4 +1,4 @@
-"""Inference speed and fit time: backbones, precision, and a busy machine.
+"""Inference speed and fit time: backbones, precision, workers, and a busy machine.
 
 1. Backbones: the encoder alone and each detector end to end, at batch 1
    and 32, on ``--threads`` workers (``n_jobs``); the ratio is images/s over
@@ -7,7 +7,9 @@
    SPADE's models would not fit in memory with all its channels).
 2. Precision: efficientnet_lite0 with the encoder, and CFlowAD's decoders,
    in float32 and bfloat16 (``inference_dtype``).
-3. A busy machine: CFlowAD's default fit on bottle's training features and
+3. Stages on workers: the encoder and CFlowAD's decoders (anomaly maps of
+   features computed beforehand) apart, on 1 and ``--threads`` workers.
+4. A busy machine: CFlowAD's default fit on bottle's training features and
    end-to-end scoring, on an idle machine and beside one CPU-bound process
    per core that the benchmark starts and stops itself, for
    ``n_jobs=None`` (a worker per core) and 1; with the load average.
@@ -21,6 +23,7 @@ there (its full fit time is in the third table and in accuracy.md).
 
 Usage: python benchmarks/bench_speed.py [--threads 2] [--rounds 5]
            [--backbones efficientnet_lite0,resnet18,wide_resnet50_2] [--image-size 256]
+           [--parts backbones,precision,workers,busy] [--out benchmarks/results/speed.md]
 """
 
 import argparse
@@ -233,6 +236,32 @@ def busy_rows(args, train, test):
     return rows
 
 
+def worker_rows(args, train, test):
+    """Images/s of the encoder and of CFlowAD's decoders apart, on 1 and
+    ``--threads`` workers: how each stage scales with workers."""
+    extractor = FeatureExtractor(device="cpu", inference_dtype="float32").fit()
+    model = CFlowAD(max_iter=20, random_state=0, device="cpu").fit(extractor.transform(train))
+    features = extractor.transform(test)
+    stages = {"encoder": lambda: extractor.transform(test), "CFlowAD's decoders": lambda: model.anomaly_map(features)}
+    counts = sorted({1, args.threads})
+    speeds = {(stage, workers): [] for stage in stages for workers in counts}
+    for _ in range(args.rounds):
+        for workers in counts:
+            extractor.set_params(n_jobs=workers)
+            model.set_params(n_jobs=workers)
+            for stage, run in stages.items():
+                start = time.perf_counter()
+                run()
+                speeds[stage, workers].append(len(test) / (time.perf_counter() - start))
+    rows = []
+    for (stage, workers), values in speeds.items():
+        speed = statistics.median(values)
+        rows.append({"stage": stage, "batch": len(test), "workers": workers, "images/s": speed,
+                     "x 1 worker": f"{speed / statistics.median(speeds[stage, 1]):.2f}"})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -240,7 +269,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=32, help="images per timed pass")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,wide_resnet50_2")
-    parser.add_argument("--parts", default="backbones,precision,busy")
+    parser.add_argument("--parts", default="backbones,precision,workers,busy")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--out", default=str(RESULTS / "speed.md"))
     args = parser.parse_args(argv)
@@ -259,10 +288,12 @@ def main(argv=None):
         sections.append((f"Backbones, float32, {args.threads} workers", rows))
     if "precision" in parts:
         sections.append((f"Precision: efficientnet_lite0, {args.threads} workers", precision_rows(args, train, test)))
+    if "workers" in parts:
+        sections.append((f"Stages on workers: efficientnet_lite0, batch {len(test)}", worker_rows(args, train, test)))
     if "busy" in parts:
         sections.append(("A busy machine: CFlowAD's default fit on bottle and scoring, efficientnet_lite0",
                          busy_rows(args, train, test)))
-    write_results(args.out, "Speed: backbones, precision, and a busy machine", (
+    write_results(args.out, "Speed: backbones, precision, workers, and a busy machine", (
         f"Written by `benchmarks/bench_speed.py`: {args.image_size} px images, detectors fitted on "
         f"{source} training features, median of {args.rounds} interleaved rounds of {args.images} "
         "images (3 in the busy-machine table). CFlowAD: default parameters unless named. Paper's "

@@ -55,6 +55,11 @@ def upsample(maps, size):
     return _along_axes(maps, resize_matrix(height, size[0]), resize_matrix(width, size[1]))
 
 
+def joined(tensors):
+    """``torch.cat(tensors)``, without a copy of a single tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 def all_finite(tensor):
     """Whether every value of a non-empty tensor is finite.
 
@@ -494,29 +499,39 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
         Memory does not grow with the set. ``rows``, the batch's ``range``
         of indices (``features`` starting at ``first_row``), lets a method
-        leave a training image out of its own scoring. On a CPU each image
-        is computed on its own, by ``n_jobs`` single-threaded workers
-        (:mod:`skcflow.threads`): an image's result is then the same in any
-        batch, with any ``n_jobs`` and under any load.
+        leave a training image out of its own scoring. On a CPU the images
+        are computed in pieces of :meth:`_cpu_piece_images` (each on its own
+        unless a method says otherwise), by ``n_jobs`` single-threaded
+        workers (:mod:`skcflow.threads`): an image's result is then the same
+        in any batch, with any ``n_jobs`` and under any load.
         """
         starts = range(0, len(features), self.batch_size)
         for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
             stop = min(start + self.batch_size, len(features))
-            out = torch.cat(parallel_map(
+            pieces = parallel_map(
                 lambda piece: self._compute(compute, features, piece, first_row),
-                _pieces(start, stop, self.device_), self.n_jobs))
-            if not all_finite(out):
-                raise FloatingPointError(
-                    f"{type(self).__name__} produced non-finite anomaly maps or scores; "
-                    "the model or its input is corrupt."
-                )
-            yield out.float().cpu()
+                _pieces(start, stop, self.device_, self._cpu_piece_images()), self.n_jobs)
+            yield joined(pieces).cpu()
 
-    @staticmethod
-    def _compute(compute, features, piece, first_row):
+    def _cpu_piece_images(self):
+        """Images a CPU worker computes at once: one, since the rounding of
+        oneDNN's and BLAS's products depends on their shapes; a method
+        whose products give each image the same result in any piece may
+        take more (fewer, larger operators)."""
+        return 1
+
+    def _compute(self, compute, features, piece, first_row):
+        # Checked and cast in the worker: a batch of full-resolution float64
+        # maps takes a pass each, which the calling thread would make alone.
         with torch.inference_mode():
-            return compute(features[piece.start : piece.stop],
-                           range(first_row + piece.start, first_row + piece.stop))
+            out = compute(features[piece.start : piece.stop],
+                          range(first_row + piece.start, first_row + piece.stop))
+        if not all_finite(out):
+            raise FloatingPointError(
+                f"{type(self).__name__} produced non-finite anomaly maps or scores; "
+                "the model or its input is corrupt."
+            )
+        return out.float()
 
     def _iter_maps(self, features):
         return self._iter_batches(features, lambda batch, rows: self._batch_maps(batch))
@@ -545,7 +560,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """
         check_is_fitted(self)
         X = self._check_features(X)
-        maps = torch.cat(list(self._iter_maps(X))).numpy()
+        maps = joined(list(self._iter_maps(X))).numpy()
         return restore(maps, X.input_size, X.frame_size, X.keep_aspect)
 
     @single_threaded()
@@ -699,11 +714,11 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         return state
 
 
-def _pieces(start, stop, device):
-    """The images ``start:stop`` as ranges computed at once: one each on a
-    CPU (see :meth:`BaseDetector._iter_batches`), all of them on a GPU."""
+def _pieces(start, stop, device, cpu_images=1):
+    """The images ``start:stop`` as ranges computed at once: ``cpu_images``
+    each on a CPU (see :meth:`BaseDetector._iter_batches`), all of them on a GPU."""
     if device.type == "cpu":
-        return [range(i, i + 1) for i in range(start, stop)]
+        return [range(i, min(i + cpu_images, stop)) for i in range(start, stop, cpu_images)]
     return [range(start, stop)]
 
 

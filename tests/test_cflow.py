@@ -511,3 +511,29 @@ def test_auto_levels_choose_every_level_on_bottle_and_two_on_magnetic_tiles():
         pipe = make_pipeline(FeatureExtractor(device="cpu"), CFlowAD(random_state=0)).fit(train.images)
         chosen[category] = (len(pipe[-1].levels_), expected, pipe[-1].level_selection_)
     assert all(n == expected for n, expected, _ in chosen.values()), chosen
+
+
+def test_images_scored_in_pieces_get_the_maps_they_get_alone(synthetic, fitted, monkeypatch):
+    # At 128 px every modelled level is large enough for a CPU worker to
+    # score several images at once (CFlowAD._cpu_piece_images); at 64 px
+    # the coarsest has too few positions, and images go one at a time.
+    extractor = FeatureExtractor(image_size=128, device="cpu").fit()
+    train = extractor.transform(synthetic.train.images)
+    test = extractor.transform(synthetic.test.images[:11])
+    model = CFlowAD(**FAST).fit(train)
+    assert model._cpu_piece_images() > 1
+    assert fitted._cpu_piece_images() == 1
+    pieces = []
+    batch_maps = CFlowAD._batch_maps
+    monkeypatch.setattr(CFlowAD, "_batch_maps", lambda self, f: pieces.append(len(f)) or batch_maps(self, f))
+    together, scores = model.anomaly_map(test), model.score_samples(test)
+    assert max(pieces) > 1
+    for i in range(len(test)):
+        np.testing.assert_array_equal(model.anomaly_map(test[i]), together[i : i + 1])
+        np.testing.assert_array_equal(model.score_samples(test[i]), scores[i : i + 1])
+    np.testing.assert_array_equal(copy.copy(model).set_params(batch_size=5).anomaly_map(test), together)
+    # The training images' leave-one-out maps, in pieces during fit, too.
+    monkeypatch.setattr(CFlowAD, "_cpu_piece_images", lambda self: 1)
+    alone = CFlowAD(**FAST).fit(train)
+    assert alone.offset_ == model.offset_
+    assert all(torch.equal(a, b) for a, b in zip(alone.log_prob_max_, model.log_prob_max_))

@@ -133,20 +133,24 @@ def test_non_positive_definite_covariance_is_refused():
         list(moments.cholesky_factors(-1.0))
 
 
-@pytest.mark.parametrize("dim", [8, 130])
-def test_whitening_multiplies_wide_vectors_as_columns_with_the_same_result(dim):
-    # Narrow levels are multiplied as rows, wide ones as columns
-    # (flows._WHITENER_ON_THE_LEFT_DIMS): both are L^-1 (x - m), whatever
-    # the batch.
+@pytest.mark.parametrize("dim", [8, 40, 130])
+def test_whitening_of_images_in_groups_is_the_same_in_any_batch(dim):
+    # forward whitens flows._WHITEN_GROUP images per product: an image's
+    # result must not depend on its group's other images, their number or
+    # its slot, and must be L^-1 (x - m).
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 4, dim, generator=generator)
-    whitening = PositionWhitening(4, dim)
+    x = torch.randn(7, 64, dim, generator=generator)
+    whitening = PositionWhitening(64, dim)
     whitening.mean.normal_(generator=generator)
-    whitening.whitener.copy_(torch.randn(4, dim, dim, generator=generator).tril())
+    whitening.whitener.copy_(torch.randn(64, dim, dim, generator=generator).tril())
     expected = torch.einsum("pij,npj->npi", whitening.whitener.double(), (x - whitening.mean).double())
     got = whitening(x)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
-    assert torch.equal(whitening(x[2:3]), got[2:3])
+    for i in range(len(x)):
+        assert torch.equal(whitening(x[i : i + 1]), got[i : i + 1])
+    assert torch.equal(torch.cat([whitening(x[:2]), whitening(x[2:])]), got)
+    others = torch.randn(7, 64, dim, generator=generator)
+    assert torch.equal(whitening(torch.cat([others[:3], x[4:5], others[3:]]))[3], got[4])
     # A training sample's whitening, all images at once, is the same map.
     together = whitening.whiten_set(x)
     assert together.shape == x.shape and together.is_contiguous()
