@@ -71,8 +71,8 @@ _INIT_FIBERS = 65536
 _CPU_CHUNK_FIBERS = 4096
 # On a CPU, a worker scores this many images at once where sharing products
 # changes no image's result (CFlowAD._cpu_piece_images): 8 at once, the
-# decoders of bottle's default model on two workers score 506 images/s
-# against 252 one image at a time.
+# decoders of bottle's default model on two workers score 580 images/s
+# against 246 one image at a time.
 _CPU_PIECE_IMAGES = 8
 # ... which holds where every modelled level has at least this many rows and
 # positions: MKL rounds the products of up to 8 rows (a level's positions in
@@ -245,7 +245,7 @@ class CFlowAD(BaseDetector):
         precision is faster on GPUs with tensor cores; maps then differ from
         float32 ones by well under 1% of their range. On a CPU it is not
         faster (the decoders' time goes to elementwise work: end to end at
-        batch 32, 72.6 images/s with bfloat16 decoders against 76.3 with
+        batch 32, 90.5 images/s with bfloat16 decoders against 90.3 with
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.
@@ -760,7 +760,18 @@ class CFlowAD(BaseDetector):
         return [m.to(self.device_) if k in self.levels_ else m for k, m in enumerate(features.maps)]
 
     def _batch_maps(self, features):
-        return self._maps()(*self._on_device(features))
+        maps, pyramid = self._maps(), self._on_device(features)
+        if self.device_.type != "cpu":
+            return maps(*pyramid)
+
+        def level(i):
+            with torch.inference_mode():
+                return maps.log_prob(i, pyramid[maps.levels[i]])
+
+        # A batch that is one piece (one image) is computed in the calling
+        # thread, and its levels go to the workers; in a worker, with the
+        # other pieces in the others, they run there one after another.
+        return maps.aggregate(parallel_map(level, range(len(maps.levels)), self.n_jobs))
 
     def _batch_scores(self, features):
         return self._maps().scores(*self._on_device(features))
@@ -773,7 +784,9 @@ class CFlowAD(BaseDetector):
         # (PositionWhitening.forward), the flows and the upsampling each
         # image's rows among the piece's; per-image operators otherwise
         # keep two workers waiting on each other for Python's lock between
-        # them (bottle's default model: 1.09 times one worker's speed).
+        # them (bottle's default model: two workers scored 1.09 times as
+        # many images as one, one image at a time, and 1.70 in pieces;
+        # speed.md and its previous version).
         shapes = self._level_shapes()
         if all(h >= _SHARED_MIN_ROWS and h * w >= _SHARED_MIN_POSITIONS for _, h, w in shapes):
             return _CPU_PIECE_IMAGES

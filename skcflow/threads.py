@@ -8,10 +8,11 @@ are held at one thread. So is the calling thread's own work, for the whole
 of each public method (:func:`single_threaded` as a decorator): gathering
 the workers' results, checking and resizing them would otherwise run on
 torch's threads, and on a busy machine those few operators stalled a call
-as long as all of its images took (2 busy processes on 2 cores: scoring
-one image at a time at 0.31 of its idle speed, against 0.56 with the
-calling thread on one thread; ``benchmarks/results/speed.md``). The
-caller's own settings are back when the method returns.
+about as long as all of its images took (beside 2 busy processes on 2
+cores, end-to-end scoring kept 0.34 of its idle images/s at batch 1 and
+0.35 at batch 32 with them, 0.63 and 0.62 without;
+``benchmarks/results/speed.md`` and its previous version). The caller's
+own settings are back when the method returns.
 
 Why not torch's own threads: its OpenMP workers split every operator and
 wait for each other at its end. Where other processes hold the cores (an
@@ -25,6 +26,7 @@ way whatever ``n_jobs`` and the load are, so results do not depend on them.
 """
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -32,6 +34,7 @@ import torch
 
 _default_n_jobs = None
 _executors = {}
+_worker = threading.local()
 
 
 def available_cores():
@@ -104,6 +107,7 @@ def _one_thread(function):
     def task(item):
         # OpenMP's thread count is each thread's own setting.
         torch.set_num_threads(1)
+        _worker.busy = True
         return function(item)
 
     return task
@@ -114,9 +118,11 @@ def parallel_map(function, items, n_jobs):
 
     ``function`` runs in worker threads: thread-local torch modes
     (``torch.inference_mode``, ``torch.autocast``) must be entered inside it.
+    Called in a worker, it runs there, item after item: the pool's other
+    workers may all be waiting on items of their own.
     """
     items = list(items)
-    workers = min(resolve_threads(n_jobs), len(items))
+    workers = 1 if getattr(_worker, "busy", False) else min(resolve_threads(n_jobs), len(items))
     with single_threaded():
         if workers <= 1:
             return [function(item) for item in items]

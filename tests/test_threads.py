@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,27 @@ def test_the_calling_threads_own_work_runs_on_one_thread(synthetic, monkeypatch)
     model.anomaly_map(train[:3])
     assert seen == {"progress": {1}, "all_finite": {1}, "restore": {1}}
     assert torch.get_num_threads() == 2
+
+
+def test_parallel_map_in_a_worker_runs_in_that_worker():
+    # The pool's workers may all be busy with items that map again: the
+    # inner items must not wait for a free worker.
+    def outer(i):
+        me = threading.get_ident()
+        return parallel_map(lambda j: threading.get_ident() == me, range(3), 2)
+
+    assert parallel_map(outer, range(4), 2) == [[True] * 3] * 4
+
+
+def test_one_images_levels_go_to_the_workers(train_features, test_features, monkeypatch):
+    from skcflow.cflow import CFlowMaps
+
+    model = FAST_DETECTORS["cflow"](n_jobs=2, batch_size=1).fit(train_features)
+    alone = model.anomaly_map(test_features[:3])
+    threads_seen = set()
+    log_prob = CFlowMaps.log_prob
+    monkeypatch.setattr(CFlowMaps, "log_prob",
+                        lambda self, *args: threads_seen.add(threading.current_thread().name) or log_prob(self, *args))
+    model.anomaly_map(test_features[0])
+    assert len(model.levels_) > 1 and threads_seen and all(n.startswith("skcflow") for n in threads_seen)
+    np.testing.assert_array_equal(model.set_params(n_jobs=1).anomaly_map(test_features[:3]), alone)
