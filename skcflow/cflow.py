@@ -75,9 +75,10 @@ _CPU_CHUNK_FIBERS = 4096
 # against 246 one image at a time.
 _CPU_PIECE_IMAGES = 8
 # ... which holds where every modelled level has at least this many rows and
-# positions: MKL rounds the products of up to 8 rows (a level's positions in
-# the flows, a map's rows in the upsampling) otherwise than the same rows
-# among more, and no fewer than 9 were seen to differ.
+# positions: products of a few rows round otherwise than the same rows among
+# more (seen on this project's CPU at 1 to 8 positions in the flows, at
+# maps of 2 and 3 rows in the upsampling, never from 9 rows on); the floors
+# keep a margin.
 _SHARED_MIN_ROWS, _SHARED_MIN_POSITIONS = 8, 64
 # Floor of the mean probability: keeps -log of it finite (at most ~690).
 _MIN_PROB = 1e-300
@@ -780,13 +781,13 @@ class CFlowAD(BaseDetector):
         return self.image_score == "map"
 
     def _cpu_piece_images(self):
-        # The whitening multiplies each image's vectors on their own
+        # The whitening multiplies groups of a fixed shape
         # (PositionWhitening.forward), the flows and the upsampling each
         # image's rows among the piece's; per-image operators otherwise
         # keep two workers waiting on each other for Python's lock between
         # them (bottle's default model: two workers scored 1.09 times as
-        # many images as one, one image at a time, and 1.70 in pieces;
-        # speed.md and its previous version).
+        # many images as one, one image at a time, and 1.67 in pieces;
+        # results/speed_workers.md at commit 7f1da82, and speed.md).
         shapes = self._level_shapes()
         if all(h >= _SHARED_MIN_ROWS and h * w >= _SHARED_MIN_POSITIONS for _, h, w in shapes):
             return _CPU_PIECE_IMAGES

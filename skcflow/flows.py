@@ -29,8 +29,11 @@ _PADDED_FLOATS = 2**22
 # one fixed shape (a group short of images padded with zeros), so that each
 # whitener is read once per group rather than once per image: an image's
 # result is then the same in any batch, in any slot of a group and beside
-# any other images (measured bit for bit), and 4 images cost 1.3 to 1.5
-# times what one did alone, at 40 to 128 dimensions.
+# any other images (measured bit for bit). On a CPU 4 images take about
+# what 2 did one at a time at efficientnet_lite0's levels (0.7 ms against
+# 1.5 at 1024 positions and 40 dimensions) and 0.15 of it at resnet18's (7
+# ms against 47 at 1024 positions and 128), one image alone up to 1.6 times
+# what it did.
 _WHITEN_GROUP = 4
 
 

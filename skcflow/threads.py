@@ -10,9 +10,9 @@ the workers' results, checking and resizing them would otherwise run on
 torch's threads, and on a busy machine those few operators stalled a call
 about as long as all of its images took (beside 2 busy processes on 2
 cores, end-to-end scoring kept 0.34 of its idle images/s at batch 1 and
-0.35 at batch 32 with them, 0.63 and 0.62 without;
-``benchmarks/results/speed.md`` and its previous version). The caller's
-own settings are back when the method returns.
+0.35 at batch 32 with them, 0.63 and 0.62 without:
+``benchmarks/results/speed.md`` at commits f93a1ac and 7f1da82). The
+caller's own settings are back when the method returns.
 
 Why not torch's own threads: its OpenMP workers split every operator and
 wait for each other at its end. Where other processes hold the cores (an
