@@ -761,18 +761,8 @@ class CFlowAD(BaseDetector):
         return [m.to(self.device_) if k in self.levels_ else m for k, m in enumerate(features.maps)]
 
     def _batch_maps(self, features):
-        maps, pyramid = self._maps(), self._on_device(features)
-        if self.device_.type != "cpu":
-            return maps(*pyramid)
-
-        def level(i):
-            with torch.inference_mode():
-                return maps.log_prob(i, pyramid[maps.levels[i]])
-
-        # A batch that is one piece (one image) is computed in the calling
-        # thread, and its levels go to the workers; in a worker, with the
-        # other pieces in the others, they run there one after another.
-        return maps.aggregate(parallel_map(level, range(len(maps.levels)), self.n_jobs))
+        maps = self._maps()
+        return maps.aggregate(self._level_log_probs(features, maps=maps))
 
     def _batch_scores(self, features):
         return self._maps().scores(*self._on_device(features))
@@ -793,18 +783,29 @@ class CFlowAD(BaseDetector):
             return _CPU_PIECE_IMAGES
         return 1
 
-    def _level_log_probs(self, features, leave_one_out_of=None):
+    def _level_log_probs(self, features, leave_one_out_of=None, maps=None):
         """Log-likelihood per dimension ``(N, H_k, W_k)`` of each modelled level.
 
         ``leave_one_out_of=n``: the features are the ``n`` training images',
         each whitened as if it had been left out of the whitening's fit.
+        ``maps``: the scoring module to use (default: one without the
+        maxima, which fit has yet to set when it calls this).
         """
-        maps, pyramid = self._maps(with_maxima=False), self._on_device(features)
+        maps = self._maps(with_maxima=False) if maps is None else maps
+        pyramid = self._on_device(features)
         shares = [1 - delta for delta in self.shrinkage_] or [None] * len(self.levels_)
-        return [
-            maps.log_prob(i, pyramid[k], None if leave_one_out_of is None else (leave_one_out_of, share))
-            for i, (k, share) in enumerate(zip(self.levels_, shares))
-        ]
+
+        def level(i):
+            loo = None if leave_one_out_of is None else (leave_one_out_of, shares[i])
+            with torch.inference_mode():
+                return maps.log_prob(i, pyramid[self.levels_[i]], loo)
+
+        # A batch of one piece (one image) is computed in the calling thread,
+        # and its levels go to the workers; in a worker, beside the other
+        # pieces, they run there one after another. A GPU's levels queue on
+        # one stream whichever thread sends them.
+        n_jobs = self.n_jobs if self.device_.type == "cpu" else 1
+        return parallel_map(level, range(len(self.levels_)), n_jobs)
 
     def _training_batch_maps(self, features, rows):
         return self._maps().aggregate(self._level_log_probs(features, self.n_train_samples_))
