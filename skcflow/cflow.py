@@ -55,7 +55,7 @@ from torch import nn
 from ._device import autocast, resolve_training_dtype
 from ._fitted import TensorSpec, integer, none, one_of, optional, real, sequence
 from ._progress import progress
-from .base import BaseDetector, _pieces, all_finite, normal_rows, second_pass, upsample
+from .base import BaseDetector, _pieces, all_finite, joined, normal_rows, second_pass, upsample
 from .features import Features
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
 from .gaussian import PositionMoments, leave_one_out_whitened
@@ -1044,7 +1044,7 @@ class CFlowMaps(nn.Module):
         self.frame_size, self.chunk_images = tuple(frame_size), list(chunk_images)
         self.inference_dtype = inference_dtype
         # The condition depends only on the position: projected once per
-        # level, and tiled for as many images as a chunk holds.
+        # level, for any number of images.
         self.biases = []
         with torch.no_grad():
             for i, (flow, (_, height, width)) in enumerate(zip(flows, shapes)):
@@ -1065,23 +1065,13 @@ class CFlowMaps(nn.Module):
             # The image score's constants: the coarsest level's maxima per position.
             self.register_buffer("score_maximum", maxima[-1].detach().clone())
             self.n_references = len(maxima)
-        self._tiled = {}
 
     def _apply(self, fn, recurse=True):
         # Buffers moved to another device are new tensors: the lists follow.
         super()._apply(fn, recurse)
         self.biases = [[getattr(self, f"bias_{i}_{j}") for j in range(len(b))]
                        for i, b in enumerate(self.biases)]
-        self._tiled = {}
         return self
-
-    def _level_biases(self, i, n_images):
-        """Each coupling's condition bias for ``n_images`` images' vectors."""
-        if torch.compiler.is_exporting():
-            return [b.expand(n_images, -1, -1).reshape(-1, b.shape[-1]) for b in self.biases[i]]
-        if i not in self._tiled:
-            self._tiled[i] = [b.repeat(self.chunk_images[i], 1) for b in self.biases[i]]
-        return [b[: n_images * len(self.biases[i][0])] for b in self._tiled[i]]
 
     def log_prob(self, i, fmap, leave_one_out=None):
         """Log-likelihood per dimension ``(N, H, W)`` of the ``i``-th modelled level.
@@ -1102,14 +1092,11 @@ class CFlowMaps(nn.Module):
                 x, shift = leave_one_out_whitened(x, leave_one_out[0], sample_share=leave_one_out[1])
                 x, log_det = x.float(), log_det + shift.float()
         flow = self.flows[i]
-        exporting = torch.compiler.is_exporting()
-        chunks = [x] if exporting else x.split(self.chunk_images[i])
+        chunks = [x] if torch.compiler.is_exporting() else x.split(self.chunk_images[i])
         with autocast(self.inference_dtype, x.device):
-            log_prob = torch.cat([
-                flow.log_prob(chunk.reshape(-1, dim), self._level_biases(i, chunk.shape[0]))
-                for chunk in chunks
-            ])
-        return (log_prob.float().view(n_images, -1) + log_det / dim).view(n_images, height, width)
+            # Each position's condition biases broadcast over the chunk's images.
+            log_prob = joined([flow.log_prob(chunk, self.biases[i]) for chunk in chunks])
+        return (log_prob.float() + log_det / dim).view(n_images, height, width)
 
     def _log_probs(self, pyramid):
         return [self.log_prob(i, pyramid[k]) for i, k in enumerate(self.levels)]
