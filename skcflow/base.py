@@ -12,6 +12,7 @@ both).
 """
 
 import copy
+import threading
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
@@ -63,10 +64,14 @@ def joined(tensors):
 def all_finite(tensor):
     """Whether every value of a non-empty tensor is finite.
 
-    One pass (a NaN makes both extremes NaN), where
-    ``isfinite(tensor).all()`` makes three over a batch of full-resolution
-    maps: a tenth of a frame's decoding time on a CPU.
+    A sum is finite only where every value is (a NaN or an infinity
+    carries through it), and summing is the cheapest pass over a batch of
+    full-resolution maps: ``isfinite(tensor).all()`` makes three, and
+    ``aminmax`` took 1.4 ms of a worker's 18 ms over 8 of CFlowAD's float64
+    maps. A sum that overflows is checked again, value by value.
     """
+    if torch.isfinite(tensor.sum()):
+        return True
     low, high = torch.aminmax(tensor)
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
@@ -508,10 +513,10 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         starts = range(0, len(features), self.batch_size)
         for start in progress(starts, self.verbose, desc="scoring", unit="batch"):
             stop = min(start + self.batch_size, len(features))
-            pieces = parallel_map(
-                lambda piece: self._compute(compute, features, piece, first_row),
-                _pieces(start, stop, self.device_, self._cpu_piece_images()), self.n_jobs)
-            yield joined(pieces).cpu()
+            batch = _Batch(start, stop)
+            parallel_map(lambda piece: self._compute(compute, features, piece, first_row, batch),
+                         _pieces(start, stop, self.device_, self._cpu_piece_images()), self.n_jobs)
+            yield batch.values.cpu()
 
     def _cpu_piece_images(self):
         """Images a CPU worker computes at once: one, since the rounding of
@@ -520,18 +525,21 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         take more (fewer, larger operators)."""
         return 1
 
-    def _compute(self, compute, features, piece, first_row):
-        # Checked and cast in the worker: a batch of full-resolution float64
-        # maps takes a pass each, which the calling thread would make alone.
+    def _compute(self, compute, features, piece, first_row, batch):
+        # Cast, placed and checked in the worker: a batch of full-resolution
+        # float64 maps takes a pass each, which the calling thread would make
+        # alone while the workers wait.
         with torch.inference_mode():
-            out = compute(features[piece.start : piece.stop],
-                          range(first_row + piece.start, first_row + piece.stop))
+            out = batch.put(piece, compute(features[piece.start : piece.stop],
+                                           range(first_row + piece.start, first_row + piece.stop)))
+        # Checked after the cast: half the bytes to read, and a value beyond
+        # float32's range has become an infinity there.
         if not all_finite(out):
             raise FloatingPointError(
                 f"{type(self).__name__} produced non-finite anomaly maps or scores; "
                 "the model or its input is corrupt."
             )
-        return out.float()
+        return out
 
     def _iter_maps(self, features):
         return self._iter_batches(features, lambda batch, rows: self._batch_maps(batch))
@@ -720,6 +728,31 @@ def _pieces(start, stop, device, cpu_images=1):
     if device.type == "cpu":
         return [range(i, min(i + cpu_images, stop)) for i in range(start, stop, cpu_images)]
     return [range(start, stop)]
+
+
+class _Batch:
+    """A batch's float32 results, which the workers write piece by piece.
+
+    Pieces concatenated by the calling thread once all were done kept the
+    workers waiting: 2.8 ms of the 43 that two workers took for 32 of
+    CFlowAD's maps.
+    """
+
+    def __init__(self, start, stop):
+        self.start, self.stop, self.values = start, stop, None
+        self._lock = threading.Lock()
+
+    def put(self, piece, out):
+        """Write ``out``, the results of the images ``piece``; returns where they are."""
+        if len(piece) == self.stop - self.start:
+            self.values = out.float()
+            return self.values
+        with self._lock:
+            if self.values is None:
+                self.values = out.new_empty((self.stop - self.start, *out.shape[1:]), dtype=torch.float32)
+        place = self.values[piece.start - self.start : piece.stop - self.start]
+        place.copy_(out)
+        return place
 
 
 def second_pass(batches, expected):

@@ -1,4 +1,5 @@
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -123,7 +124,8 @@ def test_parallel_map_in_a_worker_runs_in_that_worker():
     assert parallel_map(outer, range(4), 2) == [[True] * 3] * 4
 
 
-def test_one_images_levels_go_to_the_workers(train_features, test_features, monkeypatch):
+def test_one_images_levels_are_shared_by_the_calling_thread_and_the_pool(train_features, test_features,
+                                                                        monkeypatch):
     from skcflow.cflow import CFlowMaps
 
     model = FAST_DETECTORS["cflow"](n_jobs=2, batch_size=1).fit(train_features)
@@ -131,7 +133,37 @@ def test_one_images_levels_go_to_the_workers(train_features, test_features, monk
     threads_seen = set()
     log_prob = CFlowMaps.log_prob
     monkeypatch.setattr(CFlowMaps, "log_prob",
-                        lambda self, *args: threads_seen.add(threading.current_thread().name) or log_prob(self, *args))
+                        lambda self, *args: threads_seen.add(threading.current_thread()) or log_prob(self, *args))
     model.anomaly_map(test_features[0])
-    assert len(model.levels_) > 1 and threads_seen and all(n.startswith("skcflow") for n in threads_seen)
+    assert len(model.levels_) > 1
+    assert threading.current_thread() in threads_seen and len(threads_seen) == 2
     np.testing.assert_array_equal(model.set_params(n_jobs=1).anomaly_map(test_features[:3]), alone)
+
+
+def test_the_calling_thread_is_one_of_the_workers():
+    # Two workers are the caller and one pool thread: an item that waits for
+    # another to start can only finish if both run at once.
+    started = [threading.Event(), threading.Event()]
+
+    def meet(i):
+        started[i].set()
+        assert started[1 - i].wait(timeout=30), "the items did not run at once"
+        return threading.current_thread()
+
+    seen = parallel_map(meet, range(2), 2)
+    assert threading.current_thread() in seen and len(set(seen)) == 2
+
+
+def test_a_failed_item_stops_the_others_from_starting():
+    ran = []
+
+    def fail_first(i):
+        ran.append(i)
+        if i == 0:
+            raise ValueError("image 0 is bad")
+        time.sleep(0.01)
+        return i
+
+    with pytest.raises(ValueError, match="image 0 is bad"):
+        parallel_map(fail_first, range(50), 2)
+    assert len(ran) < 50
