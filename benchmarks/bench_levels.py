@@ -6,8 +6,8 @@ models the two coarsest levels; ``accuracy.md`` measures its choice) and
 with one default changed at a time: all three levels of the efficientnet_lite0 pyramid
 (``n_levels=None``), the features as they are (``neighborhood=1``), no
 whitening (``whiten=False``), and the paper's settings together
-(``whiten=False, neighborhood=1, n_levels=None, normalization='level',
-image_score='map'``). For each modelled level,
+(``whiten=False, neighborhood=1, n_levels=None, n_coupling_layers=8,
+hidden_dim='reference', normalization='level', image_score='map'``). For each modelled level,
 the level's own map (minus the log-likelihood per dimension, upsampled
 bilinearly, no smoothing; image score: its maximum) is evaluated, then the
 model's own maps and image scores ('aggregated': the sum of calibrated
@@ -32,7 +32,8 @@ scored beside the images themselves, with no held-out images), at
 ``random_state`` 0 to 4, each a fit with its own draw of the defects: the
 levels it keeps and the real test metrics, with each training precision
 (``training_dtype``: the default's choice on this CPU, and float32 where
-that is not float32), fitted one after the other. Writes
+that is not float32) and with the previous default of 4 coupling layers
+instead of 2 (``n_coupling_layers``), fitted one after the other. Writes
 benchmarks/results/levels.md.
 
 Usage: python benchmarks/bench_levels.py [--categories bottle,magnetic_tile]
@@ -56,6 +57,8 @@ from skcflow.model_selection import synthetic_split
 from skcflow.pipeline import synthetic_defects
 
 AUTO_SEEDS = range(5)
+# CFlowAD's previous default depth, beside the current one.
+PREVIOUS_LAYERS = 4
 
 VARIANTS = {
     "CFlowAD": {},
@@ -63,6 +66,7 @@ VARIANTS = {
     "CFlowAD, neighborhood=1": {"neighborhood": 1},
     "CFlowAD, whiten=False": {"whiten": False},
     "CFlowAD, paper's settings": {"whiten": False, "neighborhood": 1, "n_levels": None,
+                                  "n_coupling_layers": 8, "hidden_dim": "reference",
                                   "normalization": "level", "image_score": "map"},
 }
 
@@ -205,9 +209,12 @@ def auto_choices(category, data, image_size):
     train, test, train_features, test_features, _ = data
     extractor = FeatureExtractor(image_size=image_size).fit()
     default = resolve_training_dtype("auto", torch.device("cpu"))
+    layers = CFlowAD().n_coupling_layers
+    # The default, its float32 training, and the previous default depth.
+    settings = list(dict.fromkeys([(default, layers), ("float32", layers), (default, PREVIOUS_LAYERS)]))
     rows = []
-    for seed, training in itertools.product(AUTO_SEEDS, dict.fromkeys([default, "float32"])):
-        model = CFlowAD(random_state=seed, training_dtype=training)
+    for seed, (training, n_layers) in itertools.product(AUTO_SEEDS, settings):
+        model = CFlowAD(random_state=seed, training_dtype=training, n_coupling_layers=n_layers)
         start = time.perf_counter()
         model.fit(train_features, **synthetic_defects(model, extractor.transform, train.images, train_features))
         fit_seconds = time.perf_counter() - start
@@ -215,6 +222,7 @@ def auto_choices(category, data, image_size):
         rows.append({
             "category": category, "random_state": seed,
             "training_dtype": training + (" (default)" if training == default else ""),
+            "n_coupling_layers": n_layers,
             "levels kept": len(model.levels_),
             **{f"synthetic pixel AUROC, {k} levels": score for k, score in model.level_selection_},
             "real image AUROC": image_auroc(test.target, -model.score_samples(test_features)),
@@ -245,7 +253,7 @@ def main(argv=None):
         "",
         *markdown_table(choices, list(choices[0])),
         "",
-        "## n_levels='auto' in a pipeline, at five seeds and each training precision",
+        "## n_levels='auto' in a pipeline, at five seeds, each training precision and two depths",
         "",
         *markdown_table(autos, list(autos[0])),
     ])
