@@ -320,18 +320,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         float32 on CPUs, with or without bfloat16 instructions, because
         float32 keeps ONNX exports exact and 16-bit images at full
         precision. ``"bfloat16"`` on a CPU with AVX512-BF16 encodes
-        efficientnet_lite0's 256 px images 1.37 times as fast at batch 32
-        (1.53 at batch 1); its effect on the accuracy figures on
+        efficientnet_lite0's 256 px images 1.33 times as fast at batch 32
+        (1.38 at batch 1, ``benchmarks/results/speed.md``); its effect on the accuracy figures on
         ``../shared/data`` is in ``benchmarks/results/accuracy.md``. The extractor's
         identity does not depend on it: a detector fitted on float32
         features scores bfloat16 ones. ONNX exports compute in float32.
     batch_size : int, default=32
         Images encoded at once; bounds memory.
     n_jobs : int or None, default=None
-        Worker threads, each computing whole images on one thread of
-        torch's (see :mod:`skcflow.threads`): ``None`` or ``-1`` every core,
-        a positive int that many. Results do not depend on it, nor on what
-        else runs on the machine.
+        Workers, the calling thread among them, each computing whole images
+        on one thread of torch's (see :mod:`skcflow.threads`): ``None`` or
+        ``-1`` every core, a positive int that many. Results do not depend
+        on it, nor on what else runs on the machine.
     verbose : int, default=0
         Show a progress bar while encoding when positive.
 

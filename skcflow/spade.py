@@ -54,10 +54,10 @@ class SPADE(BaseDetector):
     batch_size : int, default=32
         Images scored at once.
     n_jobs : int or None, default=None
-        Worker threads, each computing whole images on one thread of
-        torch's (see :mod:`skcflow.threads`): ``None`` or ``-1`` every core,
-        a positive int that many. Results do not depend on it, nor on what
-        else runs on the machine.
+        Workers, the calling thread among them, each computing whole images
+        on one thread of torch's (see :mod:`skcflow.threads`): ``None`` or
+        ``-1`` every core, a positive int that many. Results do not depend
+        on it, nor on what else runs on the machine.
     device : str, default="auto"
         ``"auto"`` uses CUDA where available.
     verbose : int, default=0
