@@ -1058,13 +1058,11 @@ class CFlowMaps(nn.Module):
         self.inference_dtype = inference_dtype
         # The condition depends only on the position: projected once per
         # level, for any number of images.
-        self.biases = []
         with torch.no_grad():
             for i, (flow, (_, height, width)) in enumerate(zip(flows, shapes)):
                 encoding = positional_encoding(condition_dim, height, width).to(flow.perms.device)
                 for j, bias in enumerate(flow.condition(encoding)):
                     self.register_buffer(f"bias_{i}_{j}", bias.detach().clone())
-                self.biases.append([getattr(self, f"bias_{i}_{j}") for j in range(len(flow.couplings))])
         # Constants of the fitted whitening, computed once rather than per
         # image (the log of a strided diagonal: a tenth of the decoder).
         for i, layer in enumerate(whitening or []):
@@ -1079,12 +1077,9 @@ class CFlowMaps(nn.Module):
             self.register_buffer("score_maximum", maxima[-1].detach().clone())
             self.n_references = len(maxima)
 
-    def _apply(self, fn, recurse=True):
-        # Buffers moved to another device are new tensors: the lists follow.
-        super()._apply(fn, recurse)
-        self.biases = [[getattr(self, f"bias_{i}_{j}") for j in range(len(b))]
-                       for i, b in enumerate(self.biases)]
-        return self
+    def _biases(self, i):
+        """The ``i``-th modelled level's condition biases, one per coupling."""
+        return [getattr(self, f"bias_{i}_{j}") for j in range(len(self.flows[i].couplings))]
 
     def log_prob(self, i, fmap, leave_one_out=None):
         """Log-likelihood per dimension ``(N, H, W)`` of the ``i``-th modelled level.
@@ -1108,7 +1103,7 @@ class CFlowMaps(nn.Module):
         chunks = [x] if torch.compiler.is_exporting() else x.split(self.chunk_images[i])
         with autocast(self.inference_dtype, x.device):
             # Each position's condition biases broadcast over the chunk's images.
-            log_prob = joined([flow.log_prob(chunk, self.biases[i]) for chunk in chunks])
+            log_prob = joined([flow.log_prob(chunk, self._biases(i)) for chunk in chunks])
         return (log_prob.float() + log_det / dim).view(n_images, height, width)
 
     def _log_probs(self, pyramid):

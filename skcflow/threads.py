@@ -4,8 +4,9 @@ Every estimator takes ``n_jobs`` (scikit-learn's name for it). skcflow's
 work splits into independent pieces (images to encode or score, pyramid
 levels to train), and :func:`parallel_map` runs them on ``n_jobs`` workers
 (the calling thread and ``n_jobs - 1`` pool threads) while torch's
-intra-op pool and the BLAS pools of numpy and scipy are held at one thread. So is the calling thread's own work, for the whole
-of each public method (:func:`single_threaded` as a decorator): gathering
+intra-op pool and the BLAS pools of numpy and scipy are held at one
+thread. So is the calling thread's own work, for the whole of each public
+method (:func:`single_threaded` as a decorator): gathering
 the workers' results, checking and resizing them would otherwise run on
 torch's threads, and on a busy machine those few operators stalled a call
 about as long as all of its images took (beside 2 busy processes on 2
