@@ -6,9 +6,11 @@
    speed and size only; wide_resnet50_2 gets CFlowAD only (PaDiM's and
    SPADE's models would not fit in memory with all its channels).
 2. Precision: efficientnet_lite0 with the encoder, and CFlowAD's decoders,
-   in float32 and bfloat16 (``inference_dtype``).
-3. Stages on workers: the encoder and CFlowAD's decoders (anomaly maps of
-   features computed beforehand) apart, on 1 and ``--threads`` workers.
+   in float32 and bfloat16 (``inference_dtype``); the encoder as a frozen
+   graph (the default) and operator by operator (``graph=False``).
+3. Stages on workers: the encoder (both ways) and CFlowAD's decoders
+   (anomaly maps of features computed beforehand) apart, on 1 and
+   ``--threads`` workers.
 4. A busy machine: CFlowAD's default fit on bottle's training features and
    end-to-end scoring, on an idle machine and beside one CPU-bound process
    per core that the benchmark starts and stops itself, for
@@ -170,25 +172,34 @@ def backbone_rows(backbone, args, train, test):
 
 
 def precision_rows(args, train, test):
-    extractors = {dtype: FeatureExtractor(device="cpu", inference_dtype=dtype, n_jobs=args.threads).fit()
-                  for dtype in ("float32", "bfloat16")}
+    extractors = {(dtype, graph): FeatureExtractor(device="cpu", inference_dtype=dtype, graph=graph,
+                                                   n_jobs=args.threads).fit()
+                  for graph in (True, False) for dtype in ("float32", "bfloat16")}
     model = CFlowAD(max_iter=20, random_state=0, device="cpu", n_jobs=args.threads)
-    model.fit(extractors["float32"].transform(train))
+    model.fit(extractors["float32", True].transform(train))
     # One fitted model scored at two precisions (no refit: inference_dtype leaves training as it is).
-    decoders = {dtype: copy.copy(model).set_params(inference_dtype=dtype) for dtype in extractors}
-    configs = [(f"encoder only, {e}", extractors[e], None) for e in extractors]
-    configs += [(f"CFlowAD, encoder {e}, decoders {d}", extractors[e], decoders[d])
-                for e, d in (("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16"))]
+    decoders = {dtype: copy.copy(model).set_params(inference_dtype=dtype) for dtype in ("float32", "bfloat16")}
+
+    def encoder(dtype, graph):
+        return f"encoder {dtype}{'' if graph else ' (graph=False)'}"
+
+    configs = [(f"{encoder(*key)} only", e, None) for key, e in extractors.items()]
+    configs += [(f"CFlowAD, {encoder(e, graph)}, decoders {d}", extractors[e, graph], decoders[d])
+                for e, d, graph in (("float32", "float32", True), ("bfloat16", "float32", True),
+                                    ("bfloat16", "bfloat16", True), ("float32", "float32", False),
+                                    ("bfloat16", "float32", False))]
     speeds = interleaved(configs, test, args.batch_sizes, args.rounds)
     rows = []
     for batch_size in args.batch_sizes:
-        reference = speeds["CFlowAD, encoder float32, decoders float32", batch_size]
-        encoder = speeds["encoder only, float32", batch_size]
+        references = {graph: speeds[f"CFlowAD, {encoder('float32', graph)}, decoders float32", batch_size]
+                      for graph in (True, False)}
+        alone = speeds[f"{encoder('float32', True)} only", batch_size]
         for name, _, _ in configs:
             speed = speeds[name, batch_size]
             rows.append({"batch": batch_size, "configuration": name, "images/s": speed,
-                         "x float32 CFlowAD": f"{speed / reference:.2f}",
-                         "x float32 encoder": f"{speed / encoder:.2f}"})
+                         "x float32 CFlowAD": f"{speed / references[True]:.2f}",
+                         "x float32 CFlowAD (graph=False)": f"{speed / references[False]:.2f}",
+                         "x float32 encoder": f"{speed / alone:.2f}"})
             print(rows[-1], flush=True)
     return rows
 
@@ -240,15 +251,18 @@ def worker_rows(args, train, test):
     """Images/s of the encoder and of CFlowAD's decoders apart, on 1 and
     ``--threads`` workers: how each stage scales with workers."""
     extractor = FeatureExtractor(device="cpu", inference_dtype="float32").fit()
+    module = FeatureExtractor(device="cpu", inference_dtype="float32", graph=False).fit()
     model = CFlowAD(max_iter=20, random_state=0, device="cpu").fit(extractor.transform(train))
     features = extractor.transform(test)
-    stages = {"encoder": lambda: extractor.transform(test), "CFlowAD's decoders": lambda: model.anomaly_map(features)}
+    stages = {"encoder": lambda: extractor.transform(test),
+              "encoder (graph=False)": lambda: module.transform(test),
+              "CFlowAD's decoders": lambda: model.anomaly_map(features)}
     counts = sorted({1, args.threads})
     speeds = {(stage, workers): [] for stage in stages for workers in counts}
     for _ in range(args.rounds):
         for workers in counts:
-            extractor.set_params(n_jobs=workers)
-            model.set_params(n_jobs=workers)
+            for estimator in (extractor, module, model):
+                estimator.set_params(n_jobs=workers)
             for stage, run in stages.items():
                 start = time.perf_counter()
                 run()

@@ -1,3 +1,4 @@
+import pickle
 import urllib.error
 
 import matplotlib.cbook
@@ -283,3 +284,41 @@ def test_bfloat16_features_round_float32_ones_and_stay_batch_independent():
         assert not torch.equal(a, reference)
         torch.testing.assert_close(a, reference, rtol=0, atol=0.05 * float(reference.abs().max()))
         torch.testing.assert_close(a[2:3], b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "mobilenet_v3_large"])
+def test_the_encoder_graph_computes_what_the_module_does(backbone):
+    images = np.random.RandomState(1).randint(0, 256, (3, 48, 80, 3), dtype=np.uint8)
+    weights = "imagenet" if backbone == "efficientnet_lite0" else None
+    params = dict(backbone=backbone, weights=weights, image_size=(64, 96), device="cpu")
+
+    def fitted(**extra):
+        torch.manual_seed(0)  # random weights are drawn at fit: the same seed draws the same ones
+        return FeatureExtractor(**params, **extra).fit()
+
+    graph, module = fitted(), fitted(graph=False)
+    with_graph, alone = graph.transform(images), graph.transform(images[1:2])
+    assert isinstance(graph._cache_graph, torch.jit.ScriptModule)
+    assert "_cache_graph" not in vars(module)
+    for a, b, one in zip(with_graph.maps, module.transform(images).maps, alone.maps):
+        # Batch norm folded into the convolutions rounds differently, and only so.
+        assert not torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+        assert torch.equal(a[1:2], one)
+    half = fitted(inference_dtype="bfloat16").transform(images)
+    for a, b in zip(half.maps, with_graph.maps):
+        assert a.dtype == torch.float32 and not torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=0.05 * float(b.abs().max()))
+
+
+def test_the_encoder_graph_is_rebuilt_by_a_refit_and_never_pickled():
+    extractor = FeatureExtractor(image_size=64, device="cpu", weights=None).fit()
+    size = len(pickle.dumps(extractor))
+    random = extractor.transform(X)
+    assert len(pickle.dumps(extractor)) == size
+    copied = pickle.loads(pickle.dumps(extractor))
+    assert "_cache_graph" not in vars(copied) and torch.equal(copied.transform(X).maps[0], random.maps[0])
+    pretrained = extractor.set_params(weights="imagenet").fit().transform(X)
+    expected = FeatureExtractor(image_size=64, device="cpu", graph=False).fit().transform(X)
+    for a, b in zip(pretrained.maps, expected.maps):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))

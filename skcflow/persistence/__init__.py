@@ -39,7 +39,8 @@ FORMAT = "skcflow-model"
 # 5: CFlowAD's calibrated levels (log_prob_mean_) and image scores.
 # 6: CFlowAD's n_levels='auto' and its choice (level_selection_).
 # 7: CFlowAD's training precision (training_dtype, training_dtype_).
-FORMAT_VERSION = 7
+# 8: FeatureExtractor's graph.
+FORMAT_VERSION = 8
 
 
 def provenance(model):
