@@ -24,6 +24,7 @@ from ._device import DTYPES, autocast, resolve_device, resolve_dtype
 from ._digest import tensor_digest
 from ._fitted import (boolean, device, integer, mapping, one_of, real, sequence, shape,
                       text)
+from ._graphs import frozen_graph
 from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
 from .geometry import frame_shape, placement
@@ -626,22 +627,12 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """The encoder as a frozen TorchScript graph (see ``graph``), built once per fit."""
         graph = self.__dict__.get("_cache_graph")
         if graph is None:
-            probe = torch.zeros(1, 3, *self.frame_size_).contiguous(memory_format=torch.channels_last)
             # Traced in float32, so that batch norm folds into float32
             # weights; autocast, where it is on, casts the folded weights at
             # each call (traced under autocast, the graph would fold it into
             # bfloat16 ones: features 1.5 to 2 times as far from float32's).
-            with warnings.catch_warnings(), torch.inference_mode():
-                # The trace is of one frame size, the only one the encoder
-                # sees: what the tracer warns of (sizes read as numbers in
-                # the "same" padding) holds for it. torch.jit is deprecated
-                # in favour of torch.compile and torch.export, whose graphs
-                # run operators through Python (or compile for a minute);
-                # torch is pinned, and ``graph=False`` is the way out.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", "`torch.jit.", FutureWarning)
-                graph = torch.jit.freeze(torch.jit.trace(self.encoder_, probe))
-            self._cache_graph = graph
+            probe = torch.zeros(1, 3, *self.frame_size_).contiguous(memory_format=torch.channels_last)
+            graph = self._cache_graph = frozen_graph(self.encoder_, probe)
         return graph
 
     def __getstate__(self):
