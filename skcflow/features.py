@@ -627,10 +627,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """The encoder as a frozen TorchScript graph (see ``graph``), built once per fit."""
         graph = self.__dict__.get("_cache_graph")
         if graph is None:
-            # Traced in float32, so that batch norm folds into float32
-            # weights; autocast, where it is on, casts the folded weights at
-            # each call (traced under autocast, the graph would fold it into
-            # bfloat16 ones: features 1.5 to 2 times as far from float32's).
+            # Traced in float32: autocast, where it is on, applies to the
+            # graph's operators at each call as to the module's.
             probe = torch.zeros(1, 3, *self.frame_size_).contiguous(memory_format=torch.channels_last)
             graph = self._cache_graph = frozen_graph(self.encoder_, probe)
         return graph

@@ -1,5 +1,6 @@
 import pickle
 import urllib.error
+import warnings
 
 import matplotlib.cbook
 import numpy as np
@@ -297,18 +298,23 @@ def test_the_encoder_graph_computes_what_the_module_does(backbone):
         return FeatureExtractor(**params, **extra).fit()
 
     graph, module = fitted(), fitted(graph=False)
-    with_graph, alone = graph.transform(images), graph.transform(images[1:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tracer's and torch.jit's deprecation warnings stay inside
+        with_graph = graph.transform(images)
+    alone = graph.transform(images[1:2])
     assert isinstance(graph._cache_graph, torch.jit.ScriptModule)
     assert "_cache_graph" not in vars(module)
     for a, b, one in zip(with_graph.maps, module.transform(images).maps, alone.maps):
-        # Batch norm folded into the convolutions rounds differently, and only so.
-        assert not torch.equal(a, b)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
-        assert torch.equal(a[1:2], one)
-    half = fitted(inference_dtype="bfloat16").transform(images)
-    for a, b in zip(half.maps, with_graph.maps):
-        assert a.dtype == torch.float32 and not torch.equal(a, b)
-        torch.testing.assert_close(a, b, rtol=0, atol=0.05 * float(b.abs().max()))
+        assert torch.equal(a, b) and torch.equal(a[1:2], one)
+    half = fitted(inference_dtype="bfloat16")
+    with_graph = half.transform(images)
+    assert isinstance(half._cache_graph, torch.jit.ScriptModule)
+    module_half = half.set_params(graph=False).transform(images)
+    # Autocast casts the graph's operators as the module's, with oneDNN
+    # kernels of its own: bfloat16's rounding, not bit for bit.
+    for a, b, exact in zip(with_graph.maps, module_half.maps, module.transform(images).maps):
+        assert not torch.equal(a, exact) and not torch.equal(b, exact)
+        torch.testing.assert_close(a, b, rtol=0, atol=0.02 * float(exact.abs().max()))
 
 
 def test_the_encoder_graph_is_rebuilt_by_a_refit_and_never_pickled():
@@ -320,5 +326,4 @@ def test_the_encoder_graph_is_rebuilt_by_a_refit_and_never_pickled():
     assert "_cache_graph" not in vars(copied) and torch.equal(copied.transform(X).maps[0], random.maps[0])
     pretrained = extractor.set_params(weights="imagenet").fit().transform(X)
     expected = FeatureExtractor(image_size=64, device="cpu", graph=False).fit().transform(X)
-    for a, b in zip(pretrained.maps, expected.maps):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+    assert all(torch.equal(a, b) for a, b in zip(pretrained.maps, expected.maps))
