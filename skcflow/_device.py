@@ -48,9 +48,9 @@ def resolve_dtype(dtype, device):
     it, else float16) and float32 on CPUs. On a CPU, float32 keeps what the
     package promises exactly: ONNX exports that compute what skcflow
     computes, and the full precision of 10 to 16-bit images (bfloat16 keeps
-    8 significant bits); bfloat16 is an option, 1.38 (batch 1) and 1.33 (batch 32)
-    times as fast for efficientnet_lite0 on an Intel Xeon with AMX
-    (``benchmarks/results/speed.md``).
+    8 significant bits); bfloat16 is an option, 1.44 (batch 1) and 1.52
+    (batch 32) times as fast for efficientnet_lite0 on an Intel Xeon with
+    AMX (``benchmarks/results/speed.md``).
     """
     if dtype != "auto":
         return dtype

@@ -256,7 +256,7 @@ class CFlowAD(BaseDetector):
         precision is faster on GPUs with tensor cores; maps then differ from
         float32 ones by well under 1% of their range. On a CPU it is not
         faster (the decoders' time goes to elementwise work: end to end at
-        batch 32, 90.5 images/s with bfloat16 decoders against 90.3 with
+        batch 32, 117.5 images/s with bfloat16 decoders against 120.9 with
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.

@@ -321,23 +321,25 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         float32 on CPUs, with or without bfloat16 instructions, because
         float32 keeps ONNX exports exact and 16-bit images at full
         precision. ``"bfloat16"`` on a CPU with AVX512-BF16 encodes
-        efficientnet_lite0's 256 px images 1.33 times as fast at batch 32
-        (1.38 at batch 1, ``benchmarks/results/speed.md``); its effect on the accuracy figures on
-        ``../shared/data`` is in ``benchmarks/results/accuracy.md``. The extractor's
-        identity does not depend on it: a detector fitted on float32
-        features scores bfloat16 ones. ONNX exports compute in float32.
+        efficientnet_lite0's 256 px images 1.52 times as fast at batch 32
+        (1.44 at batch 1; CFlowAD end to end 1.44 and 1.33 times,
+        ``benchmarks/results/speed.md``); its effect on the accuracy figures
+        on ``../shared/data`` is in ``benchmarks/results/accuracy.md``. The
+        extractor's identity does not depend on it: a detector fitted on
+        float32 features scores bfloat16 ones. ONNX exports compute in
+        float32.
     graph : bool, default=True
         On a CPU, run the encoder as a frozen TorchScript graph
         (:func:`torch.jit.freeze` of its trace at the frame's size, built at
-        the first ``transform`` of a process and never saved): batch norm is
-        folded into the convolutions, and the graph runs without Python, or
-        its lock, between operators, so that the workers do not wait on each
-        other. efficientnet_lite0 at 256 px, batch 32, on two workers: 1.4
-        times the images/s in float32 and 1.8 in bfloat16
-        (``benchmarks/results/speed.md``). Folding moves float32 features by
-        about 1e-6 of their range. ``False`` runs the module operator by
-        operator, as ONNX exports trace it. CUDA runs it as a module either
-        way.
+        the first ``transform`` after ``fit`` and never saved). The graph
+        computes exactly what the module does, float32 features bit for
+        bit, but without Python, or its lock, between its operators, so
+        that the workers do not wait on each other: efficientnet_lite0 at
+        256 px, batch 32, two workers, encodes 1.31 times as many images in
+        float32 and 1.58 in bfloat16 (CFlowAD end to end: 1.20 and 1.33;
+        ``benchmarks/results/speed.md``), for about 120 MB more memory
+        while it runs. ``False`` runs the module operator by operator; on
+        CUDA it runs so either way.
     batch_size : int, default=32
         Images encoded at once; bounds memory.
     n_jobs : int or None, default=None
@@ -599,22 +601,23 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return Features([torch.cat(level) for level in levels], X.shape[1:3], self.frame_size_,
                         self.keep_aspect, self.identity_)
 
-    def _pixel_encoder(self):
-        """The fitted encoder behind its pixel scaling (:class:`PixelEncoder`)."""
-        return PixelEncoder(self.encoder_, self.bit_depth_, self.frame_size_, self.keep_aspect)
+    def _pixel_encoder(self, encoder=None):
+        """The fitted encoder (or ``encoder``, its graph) behind its pixel
+        scaling (:class:`PixelEncoder`)."""
+        encoder = self.encoder_ if encoder is None else encoder
+        return PixelEncoder(encoder, self.bit_depth_, self.frame_size_, self.keep_aspect)
 
     def _encode(self, batch):
         # On a CPU each image is encoded on its own, by skcflow.threads'
         # workers: its features are then the same in any batch (oneDNN's
         # rounding depends on the batch's size), and its activations stay
-        # in cache (efficientnet_lite0 at 256 px, batch 32: 71.7 images/s on
-        # two workers against 30.5 for 32 images at once on torch's two
-        # threads, benchmarks/results/speed.md and its previous version).
+        # in cache (efficientnet_lite0 at 256 px, batch 32, operator by
+        # operator: 71.7 images/s on two workers against 30.5 for 32 images
+        # at once on torch's two threads: speed.md at commit 1897de9 and its
+        # previous version).
         on_cpu = self.device_.type == "cpu"
         chunks = batch.split(1) if on_cpu else [batch]
-        encoder = self._pixel_encoder()
-        if on_cpu and self.graph:
-            encoder.encoder = self._encoder_graph()
+        encoder = self._pixel_encoder(self._encoder_graph() if on_cpu and self.graph else None)
 
         def encode(chunk):
             with torch.inference_mode(), autocast(self.inference_dtype_, self.device_):
