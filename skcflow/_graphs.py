@@ -7,9 +7,9 @@ operators in C++ and computes exactly what the module does: its passes
 that change numerics (batch norm folded into the convolutions before it)
 are off. Folded, efficientnet_lite0 encoded 1.2 times as many images again,
 but bfloat16 convolutions of the folded weights moved magnetic tiles'
-pixel AUROC by 0.0028 from float32's, against 0.0015 unfolded
-(``benchmarks/results/accuracy.md``), and float32 features by 1e-6 of their
-range.
+pixel AUROC by 0.0028 from float32's (``bench_accuracy.py`` at commit
+f58f3d5), against 0.0016 unfolded (``benchmarks/results/accuracy.md``),
+and float32 features by up to 2e-4.
 
 ``torch.jit`` is deprecated in favour of ``torch.compile`` and
 ``torch.export``, whose graphs run their operators through Python again
