@@ -12,6 +12,12 @@ from numbers import Integral, Real
 import torch
 
 
+def without_caches(state):
+    """An estimator's pickled state without its caches (``_cache_*``
+    attributes: rebuilt on demand, and not all of them picklable)."""
+    return {key: value for key, value in state.items() if not key.startswith("_cache")}
+
+
 class Field:
     """A check of one value, with the words that describe what it must be."""
 

@@ -33,10 +33,7 @@ def frozen_graph(module, *probes):
     from them (sizes, paddings) become constants, which is what the tracer's
     warnings are about.
     """
-    with _BUILDING, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with _BUILDING, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", "`torch.jit.", FutureWarning)
-        # Copies with the same strides: tensors made in inference mode
-        # cannot be traced.
-        probes = tuple(torch.empty_like(p).zero_() for p in probes)
         return torch.jit.freeze(torch.jit.trace(module, probes), optimize_numerics=False)

@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import resolve_device
-from ._fitted import TensorSpec, device, integer, optional, real, sequence, shape
+from ._fitted import TensorSpec, device, integer, optional, real, sequence, shape, without_caches
 from ._progress import progress
 from .calibration import pvalues, thresholds
 from .features import IDENTITY, Features, _on_gpu
@@ -712,11 +712,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         # Fitted tensors travel on the CPU, so a model fitted on a GPU loads
         # and scores on a machine without one; caches are rebuilt on demand,
         # and running statistics (_cache_*) stay in memory (see _resume).
-        state = {
-            key: _to_cpu(value)
-            for key, value in super().__getstate__().items()
-            if not key.startswith("_cache")
-        }
+        state = {key: _to_cpu(value) for key, value in without_caches(super().__getstate__()).items()}
         if "device_" in state:
             state["device_"] = torch.device("cpu")
         return state

@@ -23,7 +23,7 @@ from torch import nn
 from ._device import DTYPES, autocast, resolve_device, resolve_dtype
 from ._digest import tensor_digest
 from ._fitted import (boolean, device, integer, mapping, one_of, real, sequence, shape,
-                      text)
+                      text, without_caches)
 from ._graphs import frozen_graph
 from ._images import BIT_DEPTHS, check_bit_depth, check_images
 from ._progress import progress
@@ -637,5 +637,5 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return graph
 
     def __getstate__(self):
-        # A TorchScript graph does not pickle; it is rebuilt on demand.
-        return {k: v for k, v in super().__getstate__().items() if not k.startswith("_cache")}
+        # The encoder's graph (a TorchScript module) does not pickle.
+        return without_caches(super().__getstate__())
