@@ -6,10 +6,11 @@
    speed and size only; wide_resnet50_2 gets CFlowAD only (PaDiM's and
    SPADE's models would not fit in memory with all its channels).
 2. Precision: efficientnet_lite0 with the encoder, and CFlowAD's decoders,
-   in float32 and bfloat16 (``inference_dtype``); the encoder as a frozen
-   graph (the default) and operator by operator (``graph=False``).
-3. Stages on workers: the encoder (both ways) and CFlowAD's decoders
-   (anomaly maps of features computed beforehand) apart, on 1 and
+   in float32 and bfloat16 (``inference_dtype``); the encoder and the
+   decoders as frozen graphs (the default) and operator by operator
+   (``graph=False`` on both: the pipeline before the graphs).
+3. Stages on workers: the encoder and CFlowAD's decoders (anomaly maps of
+   features computed beforehand), each both ways, apart, on 1 and
    ``--threads`` workers.
 4. A busy machine: CFlowAD's default fit on bottle's training features and
    end-to-end scoring, on an idle machine and beside one CPU-bound process
@@ -69,7 +70,8 @@ class ReferenceCFlowAD(CFlowAD):
 
     @classmethod
     def like(cls, fitted):
-        reference = cls(**fitted.get_params())
+        # Operator by operator, as the paper's code runs.
+        reference = cls(**{**fitted.get_params(), "graph": False})
         reference.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
         return reference
 
@@ -177,21 +179,25 @@ def precision_rows(args, train, test):
                   for graph in (True, False) for dtype in ("float32", "bfloat16")}
     model = CFlowAD(max_iter=20, random_state=0, device="cpu", n_jobs=args.threads)
     model.fit(extractors["float32", True].transform(train))
-    # One fitted model scored at two precisions (no refit: inference_dtype leaves training as it is).
-    decoders = {dtype: copy.copy(model).set_params(inference_dtype=dtype) for dtype in ("float32", "bfloat16")}
+    # One fitted model scored at two precisions (no refit: inference_dtype
+    # leaves training as it is), with and without its graphs.
+    decoders = {(dtype, graph): copy.copy(model).set_params(inference_dtype=dtype, graph=graph)
+                for dtype in ("float32", "bfloat16") for graph in (True, False)}
 
     def encoder(dtype, graph):
         return f"encoder {dtype}{'' if graph else ' (graph=False)'}"
 
     configs = [(f"{encoder(*key)} only", e, None) for key, e in extractors.items()]
-    configs += [(f"CFlowAD, {encoder(e, graph)}, decoders {d}", extractors[e, graph], decoders[d])
+    configs += [(f"CFlowAD, {encoder(e, graph)}, decoders {d}{'' if graph else ' (graph=False)'}",
+                 extractors[e, graph], decoders[d, graph])
                 for e, d, graph in (("float32", "float32", True), ("bfloat16", "float32", True),
                                     ("bfloat16", "bfloat16", True), ("float32", "float32", False),
                                     ("bfloat16", "float32", False))]
     speeds = interleaved(configs, test, args.batch_sizes, args.rounds)
     rows = []
     for batch_size in args.batch_sizes:
-        references = {graph: speeds[f"CFlowAD, {encoder('float32', graph)}, decoders float32", batch_size]
+        references = {graph: speeds[f"CFlowAD, {encoder('float32', graph)}, decoders float32"
+                                    f"{'' if graph else ' (graph=False)'}", batch_size]
                       for graph in (True, False)}
         alone = speeds[f"{encoder('float32', True)} only", batch_size]
         for name, _, _ in configs:
@@ -253,15 +259,17 @@ def worker_rows(args, train, test):
     extractor = FeatureExtractor(device="cpu", inference_dtype="float32").fit()
     module = FeatureExtractor(device="cpu", inference_dtype="float32", graph=False).fit()
     model = CFlowAD(max_iter=20, random_state=0, device="cpu").fit(extractor.transform(train))
+    eager = copy.copy(model).set_params(graph=False)
     features = extractor.transform(test)
     stages = {"encoder": lambda: extractor.transform(test),
               "encoder (graph=False)": lambda: module.transform(test),
-              "CFlowAD's decoders": lambda: model.anomaly_map(features)}
+              "CFlowAD's decoders": lambda: model.anomaly_map(features),
+              "CFlowAD's decoders (graph=False)": lambda: eager.anomaly_map(features)}
     counts = sorted({1, args.threads})
     speeds = {(stage, workers): [] for stage in stages for workers in counts}
     for _ in range(args.rounds):
         for workers in counts:
-            for estimator in (extractor, module, model):
+            for estimator in (extractor, module, model, eager):
                 estimator.set_params(n_jobs=workers)
             for stage, run in stages.items():
                 start = time.perf_counter()

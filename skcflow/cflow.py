@@ -54,8 +54,9 @@ from torch import nn
 
 from ._device import autocast, resolve_training_dtype
 from ._fitted import TensorSpec, integer, none, one_of, optional, real, sequence
+from ._graphs import MethodGraphs
 from ._progress import progress
-from .base import BaseDetector, _pieces, all_finite, joined, normal_rows, second_pass, upsample
+from .base import BaseDetector, _pieces, all_finite, joined, normal_rows, second_pass, upsampled_mean
 from .features import Features
 from .flows import ConditionalFlow, PositionWhitening, positional_encoding
 from .gaussian import PositionMoments, leave_one_out_whitened
@@ -260,6 +261,17 @@ class CFlowAD(BaseDetector):
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.
+    graph : bool, default=True
+        On a CPU with float32 ``inference_dtype``, score through frozen
+        TorchScript graphs of the decoders (:func:`torch.jit.freeze` of
+        their traces: one per level and per number of images a worker
+        scores at once, and one of the levels' aggregation, each built the
+        first time it is needed, in about 0.1 to 0.5 s, and never saved).
+        A graph computes exactly what the decoders do, maps and scores bit
+        for bit, but without Python, or its lock, between its many small
+        operators, so that two workers no longer wait on each other: TODO.
+        ``False`` runs the decoders operator by operator; on CUDA, and with
+        half-precision decoders, they run so either way.
     training_dtype : {"auto", "float32", "bfloat16"}, default="auto"
         Precision of the flows' matrix products in training (under
         :func:`torch.autocast`; the loss, the gradients and the weights stay
@@ -398,6 +410,7 @@ class CFlowAD(BaseDetector):
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "reservoir_size": [None, Interval(Integral, 1, None, closed="left")],
         "inference_dtype": [StrOptions({"float32", "bfloat16", "float16"})],
+        "graph": ["boolean"],
         "training_dtype": [StrOptions({"auto", "float32", "bfloat16"})],
         "normalization": [StrOptions({"calibrated", "position", "level"})],
         "image_score": [StrOptions({"coarsest", "map"})],
@@ -424,6 +437,7 @@ class CFlowAD(BaseDetector):
         rotation=0.0,
         reservoir_size=2**17,
         inference_dtype="float32",
+        graph=True,
         training_dtype="auto",
         normalization="calibrated",
         image_score="coarsest",
@@ -453,6 +467,7 @@ class CFlowAD(BaseDetector):
         self.rotation = rotation
         self.reservoir_size = reservoir_size
         self.inference_dtype = inference_dtype
+        self.graph = graph
         self.training_dtype = training_dtype
         self.normalization = normalization
         self.image_score = image_score
@@ -766,7 +781,10 @@ class CFlowAD(BaseDetector):
             ).to(self.device_)
 
         # Looked up for every image scored: only the key is computed here.
-        return self._cached_maps((self.inference_dtype, self.batch_size, str(self.device_), with_maxima,
+        # A CPU's chunks do not depend on the batch size, and a change of it
+        # keeps the module and its graphs.
+        batch_size = None if self.device_.type == "cpu" else self.batch_size
+        return self._cached_maps((self.inference_dtype, batch_size, str(self.device_), with_maxima,
                                   self.normalization, self.image_score), build)
 
     def _on_device(self, features):
@@ -775,10 +793,23 @@ class CFlowAD(BaseDetector):
 
     def _batch_maps(self, features):
         maps = self._maps()
-        return maps.aggregate(self._level_log_probs(features, maps=maps))
+        return self._decode(maps, "aggregate", *self._level_log_probs(features, maps=maps))
 
     def _batch_scores(self, features):
-        return self._maps().scores(*self._on_device(features))
+        return self._decode(self._maps(), "scores", *self._on_device(features))
+
+    def _decode(self, maps, method, *args):
+        """``maps.method(*args)``, through its graph where ``graph`` says so."""
+        # Only the scoring module, the one with the maxima: fit's passes
+        # without them (n_levels="auto" on the synthetic defects) come once.
+        if not (self.graph and self.device_.type == "cpu" and self.inference_dtype == "float32"
+                and maps.n_references):
+            return getattr(maps, method)(*args)
+        graphs = self.__dict__.get("_cache_graphs")
+        if graphs is None or graphs.module is not maps:
+            # Built with the scoring module they trace, and dropped with it.
+            graphs = self._cache_graphs = MethodGraphs(maps)
+        return graphs(method, *args)
 
     def _maps_score_images(self):
         return self.image_score == "map"
@@ -809,9 +840,11 @@ class CFlowAD(BaseDetector):
         shares = [1 - delta for delta in self.shrinkage_] or [None] * len(self.levels_)
 
         def level(i):
-            loo = None if leave_one_out_of is None else (leave_one_out_of, shares[i])
+            fmap = pyramid[self.levels_[i]]
             with torch.inference_mode():
-                return maps.log_prob(i, pyramid[self.levels_[i]], loo)
+                if leave_one_out_of is None:
+                    return self._decode(maps, "log_prob", i, fmap)
+                return maps.log_prob(i, fmap, (leave_one_out_of, shares[i]))
 
         # A batch of one piece (one image) is computed in the calling thread,
         # and its levels go to the workers; in a worker, beside the other
@@ -821,7 +854,7 @@ class CFlowAD(BaseDetector):
         return parallel_map(level, range(len(self.levels_)), n_jobs)
 
     def _training_batch_maps(self, features, rows):
-        return self._maps().aggregate(self._level_log_probs(features, self.n_train_samples_))
+        return self._maps().aggregate(*self._level_log_probs(features, self.n_train_samples_))
 
     def _training_outputs(self, batches, start):
         # The training images' leave-one-out log-likelihoods are kept (a few
@@ -858,7 +891,7 @@ class CFlowAD(BaseDetector):
         for first in range(0, len(outputs), self.batch_size):
             with torch.inference_mode():
                 batch = [lp[first : first + self.batch_size] for lp in log_probs]
-                maps = maps_module.aggregate(batch)
+                maps = maps_module.aggregate(*batch)
                 scores = maps_module.image_scores(batch, maps)
             if not (all_finite(maps) and all_finite(scores)):
                 raise FloatingPointError("CFlowAD produced non-finite anomaly maps of its training "
@@ -1109,8 +1142,9 @@ class CFlowMaps(nn.Module):
     def _log_probs(self, pyramid):
         return [self.log_prob(i, pyramid[k]) for i, k in enumerate(self.levels)]
 
-    def aggregate(self, log_probs):
-        """Anomaly maps ``(N, H_frame, W_frame)``, float64, of the levels' log-likelihoods."""
+    def aggregate(self, *log_probs):
+        """Anomaly maps ``(N, H_frame, W_frame)``, float64, of the levels' log-likelihoods
+        (one argument per level)."""
         references = [getattr(self, f"reference_{i}") for i in range(self.n_references)]
         scales = [getattr(self, f"scale_{i}") for i in range(self.n_references)]
         return aggregate_likelihoods(log_probs, references, self.frame_size, scales)
@@ -1123,12 +1157,12 @@ class CFlowMaps(nn.Module):
 
     def forward(self, *pyramid):
         """Anomaly maps ``(N, H_frame, W_frame)``, float64, of the pyramid's level maps."""
-        return self.aggregate(self._log_probs(pyramid))
+        return self.aggregate(*self._log_probs(pyramid))
 
     def maps_and_scores(self, *pyramid):
         """``(maps, scores)`` of the pyramid's level maps, as :meth:`forward` and :meth:`scores`."""
         log_probs = self._log_probs(pyramid)
-        maps = self.aggregate(log_probs)
+        maps = self.aggregate(*log_probs)
         return maps, self.image_scores(log_probs, maps)
 
     def scores(self, *pyramid):
@@ -1187,23 +1221,22 @@ def aggregate_likelihoods(log_probs, references, size, scales=None):
         scale_k)`` clipped at 1 and upsampled bilinearly: higher is more
         anomalous.
     """
-    total = None
+    probs = []
     for k, (log_prob, reference) in enumerate(zip(log_probs, references)):
         # Float64: probabilities far below the best training position's
         # must stay distinct from zero and from each other.
         log_p = (log_prob.double() - reference)
         if scales is not None:
             log_p = log_p / scales[k]
-        prob = upsample(torch.exp(log_p.clamp(max=0)), size)
-        # In place from here on: a map at input resolution is the widest
-        # tensor of the decoder, and each pass over it costs.
-        total = prob if total is None else total.add_(prob)
+        probs.append(torch.exp(log_p.clamp(max=0)))
     # The paper's S = K - sum_k P_k rounds to K in float32 wherever all
     # levels find a position unlikely, tying the most anomalous pixels
     # and images. -log(mean_k P_k) = -log(1 - S / K) is an increasing
     # function of S, so it ranks every pixel and image exactly as S does,
-    # without the rounding; the floor keeps it finite.
-    return total.clamp_min_(_MIN_PROB).log_().neg_().add_(math.log(len(log_probs)))
+    # without the rounding; the floor keeps it finite. In place: a map at
+    # input resolution is the widest tensor of the decoder, and each pass
+    # over it costs.
+    return upsampled_mean(probs, size).clamp_min_(_MIN_PROB).log_().neg_()
 
 
 def _warn_if_whitening_is_large(shapes):

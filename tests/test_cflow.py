@@ -1,5 +1,7 @@
 import copy
 import io
+import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -537,3 +539,40 @@ def test_images_scored_in_pieces_get_the_maps_they_get_alone(synthetic, fitted, 
     alone = CFlowAD(**FAST).fit(train)
     assert alone.offset_ == model.offset_
     assert all(torch.equal(a, b) for a, b in zip(alone.log_prob_max_, model.log_prob_max_))
+
+
+@pytest.mark.parametrize("image_score", ["coarsest", "map"])
+def test_the_decoder_graphs_score_exactly_as_the_decoders_do(synthetic, image_score):
+    extractor = FeatureExtractor(image_size=128, device="cpu").fit()
+    model = CFlowAD(**FAST, image_score=image_score).fit(extractor.transform(synthetic.train.images))
+    test = extractor.transform(synthetic.test.images[:11])
+    eager = copy.copy(model).set_params(graph=False)
+    expected_maps, expected_scores = eager.anomaly_map(test), eager.score_samples(test)
+    assert "_cache_graphs" not in vars(eager)
+    for n_jobs in (1, 2):
+        model.set_params(n_jobs=n_jobs)
+        with warnings.catch_warnings():
+            # Tracing warns of shapes taken as constants; users never see it.
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(model.anomaly_map(test), expected_maps)
+            np.testing.assert_array_equal(model.score_samples(test), expected_scores)
+        np.testing.assert_array_equal(model.anomaly_map(test[3]), expected_maps[3:4])
+    # Graphs per level and per number of images in a piece (8 and 3 here,
+    # and 1), and of the aggregation and the scores.
+    methods = {key[0] for key in model._cache_graphs._graphs}
+    assert methods == {"log_prob", "aggregate", "scores"}
+
+
+def test_the_decoder_graphs_are_dropped_by_a_refit_and_never_pickled(train_features, test_features):
+    model = CFlowAD(**FAST)
+    first = model.fit(train_features).anomaly_map(test_features)
+    graphs = model._cache_graphs
+    # Another batch size on a CPU scores with the same graphs.
+    np.testing.assert_array_equal(model.set_params(batch_size=5).anomaly_map(test_features), first)
+    assert model._cache_graphs is graphs
+    copied = pickle.loads(pickle.dumps(model))
+    assert "_cache_graphs" not in vars(copied)
+    np.testing.assert_array_equal(copied.anomaly_map(test_features), first)
+    refit = model.set_params(random_state=1).fit(train_features).anomaly_map(test_features)
+    assert model._cache_graphs is not graphs and not np.array_equal(refit, first)
+    np.testing.assert_array_equal(refit, copy.copy(model).set_params(graph=False).anomaly_map(test_features))

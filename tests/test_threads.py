@@ -126,14 +126,17 @@ def test_parallel_map_in_a_worker_runs_in_that_worker():
 
 def test_one_images_levels_are_shared_by_the_calling_thread_and_the_pool(train_features, test_features,
                                                                         monkeypatch):
-    from skcflow.cflow import CFlowMaps
-
     model = FAST_DETECTORS["cflow"](n_jobs=2, batch_size=1).fit(train_features)
     alone = model.anomaly_map(test_features[:3])
     threads_seen = set()
-    log_prob = CFlowMaps.log_prob
-    monkeypatch.setattr(CFlowMaps, "log_prob",
-                        lambda self, *args: threads_seen.add(threading.current_thread()) or log_prob(self, *args))
+    decode = CFlowAD._decode
+
+    def seen(self, maps, method, *args):
+        if method == "log_prob":
+            threads_seen.add(threading.current_thread())
+        return decode(self, maps, method, *args)
+
+    monkeypatch.setattr(CFlowAD, "_decode", seen)
     model.anomaly_map(test_features[0])
     assert len(model.levels_) > 1
     assert threading.current_thread() in threads_seen and len(threads_seen) == 2

@@ -40,7 +40,8 @@ FORMAT = "skcflow-model"
 # 6: CFlowAD's n_levels='auto' and its choice (level_selection_).
 # 7: CFlowAD's training precision (training_dtype, training_dtype_).
 # 8: FeatureExtractor's graph.
-FORMAT_VERSION = 8
+# 9: CFlowAD's graph.
+FORMAT_VERSION = 9
 
 
 def provenance(model):
