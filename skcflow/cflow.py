@@ -257,7 +257,7 @@ class CFlowAD(BaseDetector):
         precision is faster on GPUs with tensor cores; maps then differ from
         float32 ones by well under 1% of their range. On a CPU it is not
         faster (the decoders' time goes to elementwise work: end to end at
-        batch 32, 117.5 images/s with bfloat16 decoders against 120.9 with
+        batch 32, 113.0 images/s with bfloat16 decoders against 116.5 with
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.
@@ -265,13 +265,21 @@ class CFlowAD(BaseDetector):
         On a CPU with float32 ``inference_dtype``, score through frozen
         TorchScript graphs of the decoders (:func:`torch.jit.freeze` of
         their traces: one per level and per number of images a worker
-        scores at once, and one of the levels' aggregation, each built the
-        first time it is needed, in about 0.1 to 0.5 s, and never saved).
-        A graph computes exactly what the decoders do, maps and scores bit
-        for bit, but without Python, or its lock, between its many small
-        operators, so that two workers no longer wait on each other: TODO.
-        ``False`` runs the decoders operator by operator; on CUDA, and with
-        half-precision decoders, they run so either way.
+        scores at once, one of the levels' aggregation and one of the image
+        scores, each built the first time it is needed and never saved:
+        the first maps and scores of batches of 32 and of 1 took 0.67 s,
+        against 0.10 s operator by operator). A graph computes exactly what the decoders do, maps and
+        scores bit for bit, but without Python, or its lock, between its
+        many small operators, so that two workers no longer wait on each
+        other: bottle's default model, 256 px, two workers, batch 32, maps
+        893 images/s against 766 operator by operator (1.86 and 1.73 times
+        one worker's; ``benchmarks/results/speed.md``), for about 100 MB
+        more resident memory while it scores, of which about 35 MB stays in
+        use (the rest is freed memory that C's allocator keeps for reuse).
+        Graphs are kept while the parameters they depend on hold (a change
+        of ``batch_size`` keeps them) and dropped by a refit. ``False`` runs
+        the decoders operator by operator; on CUDA, and with half-precision
+        decoders, they run so either way.
     training_dtype : {"auto", "float32", "bfloat16"}, default="auto"
         Precision of the flows' matrix products in training (under
         :func:`torch.autocast`; the loss, the gradients and the weights stay
@@ -802,8 +810,11 @@ class CFlowAD(BaseDetector):
         """``maps.method(*args)``, through its graph where ``graph`` says so."""
         # Only the scoring module, the one with the maxima: fit's passes
         # without them (n_levels="auto" on the synthetic defects) come once.
+        # And only whole pieces and single images: a batch's shorter last
+        # piece scores operator by operator (to the same values) rather
+        # than pay a trace of its own.
         if not (self.graph and self.device_.type == "cpu" and self.inference_dtype == "float32"
-                and maps.n_references):
+                and maps.n_references and len(args[-1]) in (1, self._cpu_piece_images())):
             return getattr(maps, method)(*args)
         graphs = self.__dict__.get("_cache_graphs")
         if graphs is None or graphs.module is not maps:

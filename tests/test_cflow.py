@@ -557,10 +557,11 @@ def test_the_decoder_graphs_score_exactly_as_the_decoders_do(synthetic, image_sc
             np.testing.assert_array_equal(model.anomaly_map(test), expected_maps)
             np.testing.assert_array_equal(model.score_samples(test), expected_scores)
         np.testing.assert_array_equal(model.anomaly_map(test[3]), expected_maps[3:4])
-    # Graphs per level and per number of images in a piece (8 and 3 here,
-    # and 1), and of the aggregation and the scores.
-    methods = {key[0] for key in model._cache_graphs._graphs}
-    assert methods == {"log_prob", "aggregate", "scores"}
+    # Graphs per level, of the aggregation and of the scores, for whole
+    # pieces (8 images) and single images; the last piece (3) ran without.
+    graphs = model._cache_graphs._graphs
+    assert {key[0] for key in graphs} == {"log_prob", "aggregate", "scores"}
+    assert {shape[0][0] for _, _, *shapes in graphs for shape in shapes} == {1, 8}
 
 
 def test_the_decoder_graphs_are_dropped_by_a_refit_and_never_pickled(train_features, test_features):
