@@ -264,18 +264,20 @@ class CFlowAD(BaseDetector):
     graph : bool, default=True
         On a CPU with float32 ``inference_dtype``, score through frozen
         TorchScript graphs of the decoders (:func:`torch.jit.freeze` of
-        their traces: one per level and per number of images a worker
-        scores at once, one of the levels' aggregation and one of the image
-        scores, each built the first time it is needed and never saved:
-        the first maps and scores of batches of 32 and of 1 took 0.67 s,
-        against 0.10 s operator by operator). A graph computes exactly what the decoders do, maps and
-        scores bit for bit, but without Python, or its lock, between its
-        many small operators, so that two workers no longer wait on each
-        other: bottle's default model, 256 px, two workers, batch 32, maps
-        893 images/s against 766 operator by operator (1.86 and 1.73 times
-        one worker's; ``benchmarks/results/speed.md``), for about 100 MB
-        more resident memory while it scores, of which about 35 MB stays in
-        use (the rest is freed memory that C's allocator keeps for reuse).
+        their traces: one per level, one of the levels' aggregation and one
+        of the image scores, each for the images a worker scores at once
+        and for single images, built the first time it is needed and never
+        saved; a batch's shorter last piece runs without. The first maps
+        and scores of batches of 32 and of 1 took 0.67 s, against 0.10 s
+        operator by operator). A graph computes exactly what the decoders
+        do, maps and scores bit for bit, but without Python, or its lock,
+        between its many small operators, so that two workers no longer
+        wait on each other: bottle's default model, 256 px, two workers,
+        batch 32, maps 893 images/s against 766 operator by operator (1.86
+        and 1.73 times one worker's; ``benchmarks/results/speed.md``), for
+        about 100 MB more resident memory while it scores, of which about
+        35 MB stays in use (the rest is freed memory that C's allocator
+        keeps for reuse).
         Graphs are kept while the parameters they depend on hold (a change
         of ``batch_size`` keeps them) and dropped by a refit. ``False`` runs
         the decoders operator by operator; on CUDA, and with half-precision
