@@ -184,22 +184,22 @@ def precision_rows(args, train, test):
     decoders = {(dtype, graph): copy.copy(model).set_params(inference_dtype=dtype, graph=graph)
                 for dtype in ("float32", "bfloat16") for graph in (True, False)}
 
-    def encoder(dtype, graph):
-        return f"encoder {dtype}{'' if graph else ' (graph=False)'}"
+    def mode(graph):
+        return "" if graph else " (graph=False)"
 
-    configs = [(f"{encoder(*key)} only", e, None) for key, e in extractors.items()]
-    configs += [(f"CFlowAD, {encoder(e, graph)}, decoders {d}{'' if graph else ' (graph=False)'}",
-                 extractors[e, graph], decoders[d, graph])
+    def cflow(encoder, decoders, graph):
+        return f"CFlowAD, encoder {encoder}{mode(graph)}, decoders {decoders}{mode(graph)}"
+
+    configs = [(f"encoder {dtype}{mode(graph)} only", e, None) for (dtype, graph), e in extractors.items()]
+    configs += [(cflow(e, d, graph), extractors[e, graph], decoders[d, graph])
                 for e, d, graph in (("float32", "float32", True), ("bfloat16", "float32", True),
                                     ("bfloat16", "bfloat16", True), ("float32", "float32", False),
                                     ("bfloat16", "float32", False))]
     speeds = interleaved(configs, test, args.batch_sizes, args.rounds)
     rows = []
     for batch_size in args.batch_sizes:
-        references = {graph: speeds[f"CFlowAD, {encoder('float32', graph)}, decoders float32"
-                                    f"{'' if graph else ' (graph=False)'}", batch_size]
-                      for graph in (True, False)}
-        alone = speeds[f"{encoder('float32', True)} only", batch_size]
+        references = {graph: speeds[cflow("float32", "float32", graph), batch_size] for graph in (True, False)}
+        alone = speeds["encoder float32 only", batch_size]
         for name, _, _ in configs:
             speed = speeds[name, batch_size]
             rows.append({"batch": batch_size, "configuration": name, "images/s": speed,
