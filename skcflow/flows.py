@@ -33,7 +33,9 @@ _PADDED_FLOATS = 2**22
 # levels (1024 positions of 40 dimensions and 256 of 112), 8 images cost
 # 0.115 and 0.158 ms each in groups of 8 against 0.175 and 0.197 in groups
 # of 4 (a CFlowAD worker scores 8 at once), and one image alone 0.76 and
-# 1.14 ms against 0.61 and 0.74.
+# 1.14 ms against 0.61 and 0.74 (timed before the whiteners were stored
+# transposed). Groups and pieces of 16 halve the whiteners' reads but
+# scored 32 maps on two workers in 67-82 ms against 37.
 _WHITEN_GROUP = 8
 
 
