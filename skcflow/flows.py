@@ -34,8 +34,9 @@ _PADDED_FLOATS = 2**22
 # 0.115 and 0.158 ms each in groups of 8 against 0.175 and 0.197 in groups
 # of 4 (a CFlowAD worker scores 8 at once), and one image alone 0.76 and
 # 1.14 ms against 0.61 and 0.74 (timed before the whiteners were stored
-# transposed). Groups and pieces of 16 halve the whiteners' reads but
-# scored 32 maps on two workers in 67-82 ms against 37.
+# transposed). Groups (and CFlowAD's pieces) of 16 halve the whiteners'
+# reads, but saved only 4.5% of 32 maps' time on two workers and would pad
+# a single image to 16.
 _WHITEN_GROUP = 8
 
 
