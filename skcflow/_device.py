@@ -48,7 +48,7 @@ def resolve_dtype(dtype, device):
     it, else float16) and float32 on CPUs. On a CPU, float32 keeps what the
     package promises exactly: ONNX exports that compute what skcflow
     computes, and the full precision of 10 to 16-bit images (bfloat16 keeps
-    8 significant bits); bfloat16 is an option, 1.47 (batch 1) and 1.60
+    8 significant bits); bfloat16 is an option, 1.41 (batch 1) and 1.57
     (batch 32) times as fast for efficientnet_lite0 on an Intel Xeon with
     AMX (``benchmarks/results/speed.md``).
     """

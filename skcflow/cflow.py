@@ -20,11 +20,11 @@ brackets):
   maps and adds more noise than signal on textured surfaces, so in a
   pipeline the levels kept are chosen on synthetic defects pasted on
   training images (on features alone: the two coarsest);
-- ``n_coupling_layers=2`` [8], subnets ``D_k + 64`` wide [``2 * (D_k / 2 +
+- ``n_coupling_layers=2`` [8], subnets 32 wide [``2 * (D_k / 2 +
   128)``] and 250 steps at a learning rate of 5e-4 [the reference code
   trains for epochs at 2e-4]: the whitened flow has less to learn, and
   this decoder keeps the accuracy of the reference one at a small part
-  of the cost (see ``n_coupling_layers``);
+  of the cost (see ``n_coupling_layers`` and ``hidden_dim``);
 - ``max_dims=128`` [every channel]: wide backbones' levels are modelled
   on a random subset of their channels, as PaDiM does;
 - ``normalization="calibrated"`` [one maximum per level, and of the test
@@ -174,7 +174,7 @@ class CFlowAD(BaseDetector):
         flows' cost with them. The default keeps every channel of
         ``efficientnet_lite0``'s pyramid (at most 112) and shrinks
         wide_resnet50_2's model at 256 px from 2.1 GB to
-        86 MB (``benchmarks/results/speed.md``).
+        85 MB (``benchmarks/results/speed.md``).
     whiten : bool, default=True
         Whiten each position's feature vectors with the mean and covariance
         of the training vectors there before the flow (an exact, fixed
@@ -197,7 +197,8 @@ class CFlowAD(BaseDetector):
         0.803 / 0.751 against 0.958 / 0.798 / 0.749, fit on bottle's features
         15 s against 68 s (measured with ``normalization="position"`` and
         ``image_score="map"``, the defaults then). 2 layers keep the accuracy
-        of 4 at five seeds, fitted as a pipeline does: bottle pixel AUROC
+        of 4 at five seeds, fitted as a pipeline does (both with ``D_k + 64``
+        wide subnets, the default then): bottle pixel AUROC
         0.9922-0.9926 against 0.9918-0.9922 and AUPRO 0.9685-0.9703 against
         0.9660-0.9689 (image AUROC 1.0 with both), magnetic tiles image
         AUROC 0.9659-0.9684 against 0.9664-0.9693, pixel AUROC 0.8078-0.8104
@@ -209,11 +210,19 @@ class CFlowAD(BaseDetector):
         accuracy (``whiten=False`` in ``levels.md``).
     condition_dim : int, default=128
         Size of the positional encoding (a multiple of 4).
-    hidden_dim : int, "reference" or None, default=None
+    hidden_dim : int, "reference" or None, default=32
         Width of the coupling subnets' hidden layer; ``None`` uses
-        ``D_k + 64``, ``"reference"`` the reference code's
-        ``2 * (D_k // 2 + condition_dim)`` (2.8 times the work for a
-        40-channel level, for no accuracy).
+        ``D_k + 64`` (the earlier default), ``"reference"`` the reference
+        code's ``2 * (D_k // 2 + condition_dim)`` (2.8 times the work of
+        ``D_k + 64`` for a 40-channel level, for no accuracy). Behind the
+        whitening, 32 keeps the accuracy of ``D_k +
+        64`` (104 and 176 at efficientnet_lite0's levels) at five seeds:
+        bottle image / pixel AUROC / AUPRO 1.0 / 0.9926 / 0.9692 against
+        1.0 / 0.9924 / 0.9694, magnetic tiles 0.9678 / 0.8106 / 0.7635
+        against 0.9675 / 0.8091 / 0.7642 (means of seeds 0-4, no seed more
+        than 0.0015 below), while the decoders score 32 maps in 0.79 of
+        the time (22.2 against 27.9 ms on two workers) and bottle's fit
+        takes 6.4 s against 7.4 s.
     clamp : float, default=1.9
         Soft bound of each coupling's log scale.
     activation : {"relu", "softplus"}, default="relu"
@@ -257,7 +266,7 @@ class CFlowAD(BaseDetector):
         precision is faster on GPUs with tensor cores; maps then differ from
         float32 ones by well under 1% of their range. On a CPU it is not
         faster (the decoders' time goes to elementwise work: end to end at
-        batch 32, 113.0 images/s with bfloat16 decoders against 116.5 with
+        batch 32, 121.1 images/s with bfloat16 decoders against 129.3 with
         float32 ones, both with a bfloat16 encoder; ``speed.md``), so the
         default stays float32; the encoder's precision is the
         ``FeatureExtractor``'s ``inference_dtype``.
@@ -273,8 +282,8 @@ class CFlowAD(BaseDetector):
         do, maps and scores bit for bit, but without Python, or its lock,
         between its many small operators, so that two workers no longer
         wait on each other: bottle's default model, 256 px, two workers,
-        batch 32, maps 893 images/s against 766 operator by operator (1.86
-        and 1.73 times one worker's; ``benchmarks/results/speed.md``), for
+        batch 32, maps 1064 images/s against 883 operator by operator (1.88
+        and 1.63 times one worker's; ``benchmarks/results/speed.md``), for
         about 100 MB more resident memory while it scores, of which about
         35 MB stays in use (the rest is freed memory that C's allocator
         keeps for reuse).
@@ -435,7 +444,7 @@ class CFlowAD(BaseDetector):
         whiten=True,
         n_coupling_layers=2,
         condition_dim=128,
-        hidden_dim=None,
+        hidden_dim=32,
         clamp=1.9,
         activation="relu",
         fiber_batch_size=2048,

@@ -321,8 +321,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         float32 on CPUs, with or without bfloat16 instructions, because
         float32 keeps ONNX exports exact and 16-bit images at full
         precision. ``"bfloat16"`` on a CPU with AVX512-BF16 encodes
-        efficientnet_lite0's 256 px images 1.60 times as fast at batch 32
-        (1.47 at batch 1; CFlowAD end to end 1.47 and 1.43 times,
+        efficientnet_lite0's 256 px images 1.57 times as fast at batch 32
+        (1.41 at batch 1; CFlowAD end to end 1.46 and 1.43 times,
         ``benchmarks/results/speed.md``); its effect on the accuracy figures
         on ``../shared/data`` is in ``benchmarks/results/accuracy.md``. The
         extractor's identity does not depend on it: a detector fitted on
@@ -335,9 +335,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         computes exactly what the module does, float32 features bit for
         bit, but without Python, or its lock, between its operators, so
         that the workers do not wait on each other: efficientnet_lite0 at
-        256 px, batch 32, two workers, encodes 1.22 times as many images in
-        float32 and 1.42 in bfloat16 (CFlowAD end to end, with its
-        decoders' graphs too: 1.28 and 1.42;
+        256 px, batch 32, two workers, encodes 1.24 times as many images in
+        float32 and 1.46 in bfloat16 (CFlowAD end to end, with its
+        decoders' graphs too: 1.30 and 1.36;
         ``benchmarks/results/speed.md``), for about 120 MB more memory
         while it runs. ``False`` runs the module operator by operator; on
         CUDA it runs so either way.
