@@ -74,7 +74,8 @@ def upsampled_mean(maps, size):
     coarsest levels), to within 2e-15 of the same values.
     """
     # Sizes as Python numbers: traced into a graph, they are tensors.
-    along_rows = torch.cat([_tensor_like(resize_matrix(int(m.shape[-2]), size[0]) / len(maps), m) for m in maps], 1)
+    along_rows = torch.cat([_tensor_like(resize_matrix(int(m.shape[-2]), size[0]) / len(maps), m)
+                            for m in maps], 1)
     # Each map's columns resized: its rows folded into one product.
     columns = torch.cat([torch.matmul(m, _tensor_like(resize_matrix(int(m.shape[-1]), size[1]), m).T)
                          for m in maps], -2)

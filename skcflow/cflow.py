@@ -215,8 +215,8 @@ class CFlowAD(BaseDetector):
         ``D_k + 64`` (the earlier default), ``"reference"`` the reference
         code's ``2 * (D_k // 2 + condition_dim)`` (2.8 times the work of
         ``D_k + 64`` for a 40-channel level, for no accuracy). Behind the
-        whitening, 32 keeps the accuracy of ``D_k +
-        64`` (104 and 176 at efficientnet_lite0's levels) at five seeds:
+        whitening, 32 keeps the accuracy of ``D_k + 64`` (104 and 176 at
+        efficientnet_lite0's levels) at five seeds:
         bottle image / pixel AUROC / AUPRO 1.0 / 0.9926 / 0.9692 against
         1.0 / 0.9924 / 0.9694, magnetic tiles 0.9678 / 0.8106 / 0.7635
         against 0.9675 / 0.8091 / 0.7642 (means of seeds 0-4, no seed more
